@@ -1,0 +1,24 @@
+"""mmfuse: multimodal fusion methods under one interface.
+
+    >>> import mmfuse, torch
+    >>> f = mmfuse.create_fusion("gmu", in_dims=(2048, 300), out_dim=512)
+    >>> f(torch.randn(8, 2048), torch.randn(8, 300)).shape
+    torch.Size([8, 512])
+
+The fusion core (this package's registry, ``functional``, ``layers`` and ``fusions``) imports
+only torch.
+"""
+
+from . import fusions  # noqa: F401  (registers the vector fusions)
+from ._registry import FusionInfo, create_fusion, fusion_info, list_fusions, register_fusion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FusionInfo",
+    "create_fusion",
+    "fusion_info",
+    "list_fusions",
+    "register_fusion",
+    "__version__",
+]

@@ -1,0 +1,47 @@
+"""Shared helpers for the test-suite: building any registered fusion small."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmfuse
+
+# the dims every contract test uses; a third modality where the method takes more than two
+IN_DIMS = (5, 7, 3)
+OUT_DIM = 6
+
+
+def modality_counts(name: str) -> list[int]:
+    """The numbers of modalities to test a fusion with: its minimum, and 3 where it accepts it."""
+    info = mmfuse.fusion_info(name)
+    counts = [info.min_modalities]
+    if info.accepts(3) and 3 not in counts:
+        counts.append(3)
+    return counts
+
+
+def vector_cases() -> list:
+    """``pytest.param(name, M)`` for every registered vector fusion and modality count."""
+    return [
+        pytest.param(name, m, id=f"{name}-M{m}")
+        for name in mmfuse.list_fusions(kind="vector")
+        for m in modality_counts(name)
+    ]
+
+
+def make_fusion(name: str, m: int = 2, seed: int = 0, **overrides):
+    """A small instance of ``name`` with ``m`` modalities, built under ``torch.manual_seed(seed)``."""
+    info = mmfuse.fusion_info(name)
+    kwargs = {"in_dims": IN_DIMS[:m], "out_dim": OUT_DIM, **info.tiny, **overrides}
+    torch.manual_seed(seed)
+    return mmfuse.create_fusion(name, **kwargs)
+
+
+def make_inputs(in_dims, leading=(4,), dtype=torch.float32, seed: int = 1, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    shapes = leading if isinstance(leading[0], tuple) else [leading] * len(in_dims)
+    return [
+        torch.randn(*lead, d, generator=g, dtype=dtype).requires_grad_(requires_grad)
+        for lead, d in zip(shapes, in_dims)
+    ]

@@ -1,0 +1,41 @@
+"""The ``mmfuse`` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mmfuse
+from mmfuse.cli import main
+
+
+def test_list_shows_every_fusion_with_its_paper(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["name", "kind", "modalities", "paper"]
+    for name in mmfuse.list_fusions():
+        info = mmfuse.fusion_info(name)
+        row = next(line for line in lines if line.startswith(f"| {name} "))
+        assert info.paper in row and info.kind in row and info.modalities in row
+    assert f"{len(mmfuse.list_fusions())} fusions" in out
+
+
+def test_list_filters(capsys):
+    assert main(["list", "concat*"]) == 0
+    out = capsys.readouterr().out
+    assert "| concat_mlp " in out and "| gmu " not in out
+    assert main(["list", "nothing*"]) == 1
+
+
+def test_info_and_unknown_name(capsys):
+    assert main(["info", "gmu"]) == 0
+    out = capsys.readouterr().out
+    assert "Arevalo" in out and "in_dims" in out and "Gated Multimodal Unit" in out
+    assert main(["info", "gmuu"]) == 2
+    assert "unknown fusion 'gmuu'; closest: gmu" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "mmfuse.cli", "list", "--kind", "vector"], capture_output=True, text=True, check=True).stdout
+    assert "| dpp " in out and "Noh et al., CVPR 2016" in out
