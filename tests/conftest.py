@@ -45,3 +45,38 @@ def make_inputs(in_dims, leading=(4,), dtype=torch.float32, seed: int = 1, requi
         torch.randn(*lead, d, generator=g, dtype=dtype).requires_grad_(requires_grad)
         for lead, d in zip(shapes, in_dims)
     ]
+
+
+# ---------------------------------------------------------------- attention fusions
+
+V_DIM, Q_DIM = 5, 7
+
+
+def attention_names() -> list[str]:
+    return mmfuse.list_fusions(kind="attention")
+
+
+def make_attention(name: str, seed: int = 0, **overrides):
+    """A small instance of the attention fusion ``name`` (v_dim 5, q_dim 7, out_dim 6)."""
+    info = mmfuse.fusion_info(name)
+    kwargs = {"v_dim": V_DIM, "q_dim": Q_DIM, "out_dim": OUT_DIM, **info.tiny, **overrides}
+    torch.manual_seed(seed)
+    return mmfuse.create_fusion(name, **kwargs)
+
+
+def make_attention_inputs(b=3, k=4, t=5, dtype=torch.float32, seed=1, masked=True, vector=False):
+    """``(v, q, v_mask, q_mask)``: regions [b, k, 5], words [b, t, 7] (or a vector [b, 7]).
+
+    With ``masked`` the last region of row 0 and the last two words of row 1 are padding.
+    """
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(b, k, V_DIM, generator=g, dtype=dtype)
+    q = torch.randn(b, Q_DIM, generator=g, dtype=dtype) if vector else torch.randn(b, t, Q_DIM, generator=g, dtype=dtype)
+    v_mask = q_mask = None
+    if masked:
+        v_mask = torch.ones(b, k, dtype=torch.bool)
+        v_mask[0, -1] = False
+        if not vector:
+            q_mask = torch.ones(b, t, dtype=torch.bool)
+            q_mask[min(1, b - 1), -2:] = False
+    return v, q, v_mask, q_mask
