@@ -4,6 +4,8 @@ Importing this package registers every vector fusion with the registry.
 """
 
 from ._base import VectorFusion
+from .bilinear import LMF, MCB, TFN, Bilinear
+from .factorized import MFB, MFH, MLB, Block, BlockTucker, Mutan, Tucker
 from .gated import DPP, GMU, MRN
 from .simple import Concat, ConcatMLP, LinearSum, Product, ProjectCombine, WeightedSum
 
@@ -18,4 +20,15 @@ __all__ = [
     "GMU",
     "MRN",
     "DPP",
+    "Bilinear",
+    "TFN",
+    "LMF",
+    "MCB",
+    "MLB",
+    "MFB",
+    "MFH",
+    "Tucker",
+    "Mutan",
+    "Block",
+    "BlockTucker",
 ]

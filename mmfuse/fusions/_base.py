@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..functional import check_dims, check_inputs, check_positive, check_probability
+from ..layers import ActivationArg, dropout_or_identity, make_activation
 
-__all__ = ["VectorFusion"]
+__all__ = ["VectorFusion", "InputProjections", "FusionHead", "linear_params"]
 
 
 class VectorFusion(nn.Module):
@@ -55,3 +56,83 @@ class VectorFusion(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dims={self.in_dims}, out_dim={self.out_dim}"
+
+
+def linear_params(d_in: int, d_out: int, bias: bool = True) -> int:
+    """Parameters of ``nn.Linear(d_in, d_out, bias)``."""
+    return (d_in + int(bias)) * d_out
+
+
+class InputProjections(nn.Module):
+    """Per-modality ``drop_proj(σ(W_m drop_in(x_m)))``: the input side of most fusions.
+
+    Args:
+        in_dims: ``(D_1, .., D_M)``; out_dims: the projected width per modality.
+        activation: σ; dropout_input / dropout_projected: before / after the projection.
+
+    Parameters: ``sum_m (D_m + 1) * out_dims[m]``.
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out_dims: Sequence[int],
+        activation: ActivationArg = None,
+        dropout_input: float = 0.0,
+        dropout_projected: float = 0.0,
+        owner: str = "fusion",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.in_dims, self.out_dims = tuple(in_dims), tuple(out_dims)
+        self.linears = nn.ModuleList(
+            nn.Linear(d, h, device=device, dtype=dtype) for d, h in zip(self.in_dims, self.out_dims)
+        )
+        self.activation = make_activation(activation, owner)
+        self.drop_in = dropout_or_identity(dropout_input)
+        self.drop_proj = dropout_or_identity(dropout_projected)
+
+    def forward(self, xs: Sequence[Tensor]) -> list[Tensor]:
+        return [self.drop_proj(self.activation(lin(self.drop_in(x)))) for lin, x in zip(self.linears, xs)]
+
+    def num_parameters(self) -> int:
+        return sum(linear_params(d, h) for d, h in zip(self.in_dims, self.out_dims))
+
+
+class FusionHead(nn.Module):
+    """The output side shared by the fusions: ``drop_out(act_out(W_o drop_pre_lin(z)))``.
+
+    With ``output_linear=False`` there is no ``W_o`` and ``in_dim`` must equal ``out_dim``.
+
+    Parameters: ``(in_dim + 1) * out_dim``, or 0 without the Linear.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        output_activation: ActivationArg = None,
+        dropout_pre_lin: float = 0.0,
+        dropout_output: float = 0.0,
+        output_linear: bool = True,
+        owner: str = "fusion",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if not output_linear and in_dim != out_dim:
+            raise ValueError(
+                f"{owner}: without the output Linear out_dim must equal the fused width {in_dim}, got {out_dim}"
+            )
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.drop_pre = dropout_or_identity(dropout_pre_lin)
+        self.linear = nn.Linear(in_dim, out_dim, device=device, dtype=dtype) if output_linear else nn.Identity()
+        self.activation = make_activation(output_activation, owner)
+        self.drop_out = dropout_or_identity(dropout_output)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.drop_out(self.activation(self.linear(self.drop_pre(z))))
+
+    def num_parameters(self) -> int:
+        return linear_params(self.in_dim, self.out_dim) if isinstance(self.linear, nn.Linear) else 0

@@ -22,13 +22,9 @@ from .._registry import register_fusion
 from ..functional import check_positive, power_normalize
 from ..layers import MLP, ActivationArg, ConcatLinear, dropout_or_identity, expand_to_leading
 from ..layers import make_activation
-from ._base import VectorFusion
+from ._base import FusionHead, InputProjections, VectorFusion, linear_params
 
 __all__ = ["Concat", "ConcatMLP", "LinearSum", "Product", "WeightedSum"]
-
-
-def _linear_params(d_in: int, d_out: int, bias: bool = True) -> int:
-    return (d_in + int(bias)) * d_out
 
 
 @register_fusion(
@@ -87,7 +83,7 @@ class Concat(VectorFusion):
         return self.drop_out(z)
 
     def expected_num_parameters(self) -> int:
-        return 0 if self.proj is None else _linear_params(sum(self.in_dims), self.out_dim)
+        return 0 if self.proj is None else linear_params(sum(self.in_dims), self.out_dim)
 
 
 @register_fusion(
@@ -142,7 +138,7 @@ class ConcatMLP(VectorFusion):
 
     def expected_num_parameters(self) -> int:
         d = (sum(self.in_dims), *self.hidden_dims, self.out_dim)
-        return sum(_linear_params(a, b) for a, b in zip(d[:-1], d[1:]))
+        return sum(linear_params(a, b) for a, b in zip(d[:-1], d[1:]))
 
 
 class ProjectCombine(VectorFusion):
@@ -183,33 +179,22 @@ class ProjectCombine(VectorFusion):
         check_positive(self.fusion_name, hidden_dim=hidden_dim)
         self.hidden_dim = hidden_dim
         self.normalize = bool(normalize)
-        kw = dict(device=device, dtype=dtype)
-        self.projections = nn.ModuleList(nn.Linear(d, hidden_dim, **kw) for d in self.in_dims)
-        self.activation = make_activation(activation, self.fusion_name)
-        self.drop_in = dropout_or_identity(dropout_input)
-        self.drop_proj = dropout_or_identity(dropout_projected)
-        self.drop_pre = dropout_or_identity(dropout_pre_lin)
-        self.linear_out = nn.Linear(hidden_dim, out_dim, **kw)
-        self.output_activation = make_activation(output_activation, self.fusion_name)
-        self.drop_out = dropout_or_identity(dropout_output)
-
-    def project(self, xs: Sequence[Tensor]) -> list[Tensor]:
-        """``drop_proj(act(W_m drop_in(x_m)))`` for each modality, each ``[..., hidden_dim]``."""
-        return [self.drop_proj(self.activation(p(self.drop_in(x)))) for p, x in zip(self.projections, xs)]
+        kw = dict(owner=self.fusion_name, device=device, dtype=dtype)
+        m = len(self.in_dims)
+        self.inputs = InputProjections(self.in_dims, (hidden_dim,) * m, activation, dropout_input, dropout_projected, **kw)
+        self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
 
     def fuse(self, *xs: Tensor) -> Tensor:
-        hs = self.project(xs)
+        hs = self.inputs(xs)
         z = hs[0]
         for h in hs[1:]:
             z = z + h if self.combine == "sum" else z * h
         if self.normalize:
             z = power_normalize(z)
-        z = self.linear_out(self.drop_pre(z))
-        return self.drop_out(self.output_activation(z))
+        return self.head(z)
 
     def expected_num_parameters(self) -> int:
-        h = self.hidden_dim
-        return sum(_linear_params(d, h) for d in self.in_dims) + _linear_params(h, self.out_dim)
+        return self.inputs.num_parameters() + self.head.num_parameters()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, normalize={self.normalize}"
@@ -323,7 +308,7 @@ class WeightedSum(VectorFusion):
     def expected_num_parameters(self) -> int:
         m = len(self.in_dims)
         proj = sum(
-            _linear_params(d, self.out_dim)
+            linear_params(d, self.out_dim)
             for d in self.in_dims
             if not (self.project == "auto" and d == self.out_dim)
         )

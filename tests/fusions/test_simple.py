@@ -73,7 +73,7 @@ def test_concat_mlp_without_hidden_layers_is_one_linear():
 
 
 def _project_combine_reference(f, r, combine, act, out_act=lambda v: v, normalize=False):
-    hs = [[act(a) for a in linear(p, x)] for p, x in zip(f.projections, r)]
+    hs = [[act(a) for a in linear(p, x)] for p, x in zip(f.inputs.linears, r)]
     z = hs[0]
     for h in hs[1:]:
         z = [a + b if combine == "sum" else a * b for a, b in zip(z, h)]
@@ -81,7 +81,7 @@ def _project_combine_reference(f, r, combine, act, out_act=lambda v: v, normaliz
         z = [math.copysign(math.sqrt(abs(a)), a) for a in z]
         n = math.sqrt(sum(a * a for a in z))
         z = [a / n for a in z]
-    return [out_act(a) for a in linear(f.linear_out, z)]
+    return [out_act(a) for a in linear(f.head.linear, z)]
 
 
 @pytest.mark.parametrize("cls, combine", [(LinearSum, "sum"), (Product, "prod")])
@@ -110,7 +110,7 @@ def test_dropout_placement():
     """dropout_input acts on raw inputs, dropout_projected after the projection."""
     f = LinearSum((4, 3), 2, hidden_dim=5, dropout_input=0.5)
     kinds = {n: type(m).__name__ for n, m in f.named_modules()}
-    assert kinds["drop_in"] == "Dropout" and kinds["drop_proj"] == "Identity"
+    assert kinds["inputs.drop_in"] == "Dropout" and kinds["inputs.drop_proj"] == "Identity"
     f.train()
     torch.manual_seed(0)
     xs = [torch.randn(64, 4), torch.randn(64, 3)]

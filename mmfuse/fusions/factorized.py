@@ -1,0 +1,605 @@
+"""Factorised bilinear pooling: MLB, MFB, MFH, Tucker, MUTAN, BLOCK and BLOCK-Tucker.
+
+Papers:
+- Kim et al., "Hadamard product for low-rank bilinear pooling", ICLR 2017 (MLB).
+- Yu et al., "Multi-modal factorized bilinear pooling with co-attention learning for visual
+  question answering", ICCV 2017 (MFB).
+- Yu et al., "Beyond bilinear: generalized multimodal factorized high-order pooling for visual
+  question answering", TNNLS 2018 (MFH).
+- Ben-younes et al., "MUTAN: Multimodal Tucker fusion for visual question answering", ICCV 2017
+  (Tucker, MUTAN).
+- Ben-younes et al., "BLOCK: Bilinear superdiagonal fusion for visual question answering and
+  visual relationship detection", AAAI 2019 (BLOCK, BLOCK-Tucker).
+
+All share the same skeleton: per-modality input projections (:class:`InputProjections`), a
+bilinear (or multilinear) interaction in a joint space of ``hidden_dim`` features, optional
+signed sqrt + L2 (``normalize``), and the output Linear (:class:`FusionHead`). The defaults are
+the papers'; block.bootstrap.pytorch's variants are reachable with the knobs (its
+``dropout_input`` acts after the projections: pass it as ``dropout_projected``).
+
+Axis letters in shape comments: ``N`` rows (any leading dims), ``C`` chunks, ``R`` rank,
+``H`` hidden, ``k`` factor, ``s`` chunk size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._registry import register_fusion
+from ..functional import check_positive, power_normalize, sum_pool
+from ..layers import ActivationArg, dropout_or_identity
+from ._base import FusionHead, InputProjections, VectorFusion
+from .bilinear import uniform_
+from .simple import ProjectCombine
+
+__all__ = ["MLB", "MFB", "MFH", "Tucker", "Mutan", "Block", "BlockTucker", "chunk_sizes"]
+
+
+@register_fusion(
+    "mlb",
+    kind="vector",
+    modalities="2+",
+    paper="Kim et al., ICLR 2017 (MLB, Hadamard product for low-rank bilinear pooling)",
+    tiny={"hidden_dim": 8},
+)
+class MLB(ProjectCombine):
+    """Multimodal Low-rank Bilinear pooling: ``z = P^T(σ(U^T x + b_x) ⊙ σ(V^T y + b_y)) + b``.
+
+    A rank-``hidden_dim`` bilinear form: ``z_k = sum_j P_jk σ(U_j^T x) σ(V_j^T y)``, i.e. with
+    identity σ the full bilinear map with ``W_k = sum_j P_jk U_j V_j^T``. M modalities: the
+    product runs over all of them. Paper defaults: ``hidden_dim=1200``, ``σ = tanh``, dropout
+    0.5 on each input and on the product, no normalisation. block.bootstrap's ``MLB`` is
+    ``activation="relu", output_activation="relu"`` with its ``dropout_input`` passed as
+    ``dropout_projected`` (and 0 for the paper's dropouts).
+
+    Parameters: ``sum_m (D_m + 1) * hidden_dim + (hidden_dim + 1) * out_dim``.
+    """
+
+    combine = "prod"
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out_dim: int,
+        *,
+        hidden_dim: int = 1200,
+        activation: ActivationArg = "tanh",
+        output_activation: ActivationArg = None,
+        normalize: bool = False,
+        dropout_input: float = 0.5,
+        dropout_projected: float = 0.0,
+        dropout_pre_lin: float = 0.5,
+        dropout_output: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_dims,
+            out_dim,
+            hidden_dim=hidden_dim,
+            activation=activation,
+            output_activation=output_activation,
+            normalize=normalize,
+            dropout_input=dropout_input,
+            dropout_projected=dropout_projected,
+            dropout_pre_lin=dropout_pre_lin,
+            dropout_output=dropout_output,
+            device=device,
+            dtype=dtype,
+        )
+
+
+@register_fusion(
+    "mfh",
+    kind="vector",
+    modalities="2+",
+    paper="Yu et al., TNNLS 2018 (MFH, multimodal factorized high-order pooling)",
+    tiny={"hidden_dim": 4, "factor": 2},
+)
+class MFH(VectorFusion):
+    """Multimodal Factorized High-order pooling: ``order`` cascaded MFB blocks.
+
+    Block ``i = 1..p``: the expanded vector
+    ``e_i = Dropout(Ũ_i^T x ⊙ Ṽ_i^T y ⊙ e_{i-1})`` (``e_0 = 1``; each ``Ũ_i^T x`` has
+    ``factor · hidden_dim`` features; M modalities multiply all their projections), pooled
+    ``z_i = L2(ssqrt(SumPool_k(e_i)))`` over non-overlapping windows of ``k = factor``; the
+    output is ``W_o [z_1; ..; z_p] + b``. ``e_{i-1}`` enters block ``i`` after its dropout and
+    before its pooling, as in the paper and block.bootstrap. No nonlinearity on the
+    projections (``activation=None``). Paper defaults: ``order=2``, ``hidden_dim=1000``,
+    ``factor=5``, dropout 0.1 on the expanded vectors. The ``p`` blocks' projections of one
+    modality run as one GEMM.
+
+    Args:
+        in_dims: ``(D_1, .., D_M)``; out_dim: output features; hidden_dim: o; factor: k;
+        order: p; activation: on the projections; normalize: ssqrt + L2 per block;
+        dropout_input / dropout_projected: on raw / projected inputs;
+        dropout_expanded: on each expanded vector ``e_i``;
+        output_linear: ``False`` returns ``[z_1; ..; z_p]`` (then ``out_dim = p · hidden_dim``);
+        output_activation, dropout_pre_lin, dropout_output: the output side.
+
+    Parameters: ``sum_m (D_m + 1) · p · k · o + (p · o + 1) · out_dim``
+    (no ``out_dim`` term without the output Linear).
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out_dim: int,
+        *,
+        hidden_dim: int = 1000,
+        factor: int = 5,
+        order: int = 2,
+        activation: ActivationArg = None,
+        output_activation: ActivationArg = None,
+        normalize: bool = True,
+        output_linear: bool = True,
+        dropout_input: float = 0.0,
+        dropout_projected: float = 0.0,
+        dropout_expanded: float = 0.1,
+        dropout_pre_lin: float = 0.0,
+        dropout_output: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_dims,
+            out_dim,
+            dropout_input=dropout_input,
+            dropout_projected=dropout_projected,
+            dropout_expanded=dropout_expanded,
+            dropout_pre_lin=dropout_pre_lin,
+            dropout_output=dropout_output,
+        )
+        name = self.fusion_name
+        check_positive(name, hidden_dim=hidden_dim, factor=factor, order=order)
+        self.hidden_dim, self.factor, self.order = hidden_dim, factor, order
+        self.normalize = bool(normalize)
+        kw = dict(owner=name, device=device, dtype=dtype)
+        width = order * factor * hidden_dim
+        self.inputs = InputProjections(
+            self.in_dims, (width,) * len(self.in_dims), activation, dropout_input, dropout_projected, **kw
+        )
+        self.drop_expanded = dropout_or_identity(dropout_expanded)
+        self.head = FusionHead(
+            order * hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, output_linear, **kw
+        )
+
+    def fuse(self, *xs: Tensor) -> Tensor:
+        hs = self.inputs(xs)  # each [N, p*k*H], block i in columns [i*k*H, (i+1)*k*H)
+        joint = hs[0]
+        for h in hs[1:]:
+            joint = joint * h
+        joint = joint.unflatten(-1, (self.order, self.factor * self.hidden_dim))  # [N, p, k*H]
+        e, zs = None, []
+        for i in range(self.order):
+            e = joint[..., i, :] if e is None else joint[..., i, :] * e
+            e = self.drop_expanded(e)
+            z = sum_pool(e, self.factor)  # [N, H]
+            zs.append(power_normalize(z) if self.normalize else z)
+        return self.head(torch.cat(zs, dim=-1) if len(zs) > 1 else zs[0])
+
+    def expected_num_parameters(self) -> int:
+        width = self.order * self.factor * self.hidden_dim
+        return sum((d + 1) * width for d in self.in_dims) + self.head.num_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, factor={self.factor}, order={self.order}"
+
+
+@register_fusion(
+    "mfb",
+    kind="vector",
+    modalities="2+",
+    paper="Yu et al., ICCV 2017 (MFB, multi-modal factorized bilinear pooling)",
+    tiny={"hidden_dim": 4, "factor": 2},
+)
+class MFB(MFH):
+    """Multi-modal Factorized Bilinear pooling: ``z = L2(ssqrt(SumPool_k(Dropout(Ũ^T x ⊙ Ṽ^T y))))``.
+
+    ``Ũ^T x`` and ``Ṽ^T y`` have ``k · o`` features (``factor · hidden_dim``), no nonlinearity;
+    dropout (0.1) on the expanded vector; sum pooling over non-overlapping windows of ``k``;
+    signed sqrt + L2; then the output Linear (``output_linear=False`` returns the ``o``-d
+    vector itself, as in the paper, where the classifier follows). MFB is :class:`MFH` with
+    ``order=1``. Paper defaults: ``o = 1000``, ``k = 5``. block.bootstrap's ``MFB`` is
+    ``activation="relu", output_activation="relu", normalize=False`` with its
+    ``dropout_input`` as ``dropout_projected`` and its ``dropout_pre_norm`` as
+    ``dropout_expanded``.
+
+    Parameters: ``sum_m (D_m + 1) · k · o + (o + 1) · out_dim``.
+    """
+
+    def __init__(self, in_dims: Sequence[int], out_dim: int, **kwargs):
+        if "order" in kwargs:
+            raise ValueError("mfb: order is fixed to 1 (use 'mfh' for higher orders)")
+        super().__init__(in_dims, out_dim, order=1, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"in_dims={self.in_dims}, out_dim={self.out_dim}, hidden_dim={self.hidden_dim}, factor={self.factor}"
+
+
+def _projected_dims(name: str, projected_dims: Sequence[int] | None, hidden_dim: int, m: int) -> tuple[int, ...]:
+    if projected_dims is None:
+        return (hidden_dim,) * m
+    dims = tuple(projected_dims)
+    if len(dims) != m:
+        raise ValueError(f"{name}: projected_dims needs one width per modality ({m}), got {dims}")
+    check_positive(name, **{f"projected_dims[{i}]": d for i, d in enumerate(dims)})
+    return dims
+
+
+@register_fusion(
+    "tucker",
+    kind="vector",
+    modalities="2",
+    paper="Ben-younes et al., ICCV 2017 (Tucker fusion, MUTAN paper)",
+    tiny={"hidden_dim": 4},
+)
+class Tucker(VectorFusion):
+    """Tucker fusion with a full core: ``z = W_o((T_c ×1 x̃ ×2 ỹ) + b_c) + b_o``.
+
+    ``x̃ = σ(W_x x)``, ``ỹ = σ(W_y y)`` (σ = tanh in the paper; block.bootstrap: none), then
+    ``t_k = sum_ij core[i, k, j] x̃_i ỹ_j + b_c[k]``. The core is stored as
+    ``Tensor[t_x, hidden_dim, t_y]`` so that ``x̃ @ core`` is one GEMM
+    ``[N, t_x] x [t_x, hidden_dim · t_y]`` followed by a batched dot with ``ỹ``.
+
+    Memory: an intermediate of ``N · hidden_dim · t_y`` floats.
+
+    Args:
+        in_dims: ``(Dx, Dy)``; out_dim; hidden_dim: t_o (the core's output width);
+        projected_dims: ``(t_x, t_y)`` (default ``hidden_dim`` each); activation: σ;
+        normalize, dropout_input, dropout_projected, dropout_pre_lin, dropout_output,
+        output_activation: as in the family.
+
+    Parameters: ``(Dx + 1) t_x + (Dy + 1) t_y + t_x · t_o · t_y + t_o + (t_o + 1) · out_dim``.
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out_dim: int,
+        *,
+        hidden_dim: int = 360,
+        projected_dims: Sequence[int] | None = None,
+        activation: ActivationArg = "tanh",
+        output_activation: ActivationArg = None,
+        normalize: bool = False,
+        dropout_input: float = 0.0,
+        dropout_projected: float = 0.0,
+        dropout_pre_lin: float = 0.0,
+        dropout_output: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_dims, out_dim, dropout_input=dropout_input, dropout_projected=dropout_projected,
+            dropout_pre_lin=dropout_pre_lin, dropout_output=dropout_output,
+        )
+        name = self.fusion_name
+        check_positive(name, hidden_dim=hidden_dim)
+        self.hidden_dim, self.normalize = hidden_dim, bool(normalize)
+        self.projected_dims = _projected_dims(name, projected_dims, hidden_dim, 2)
+        tx, ty = self.projected_dims
+        kw = dict(owner=name, device=device, dtype=dtype)
+        self.inputs = InputProjections(self.in_dims, self.projected_dims, activation, dropout_input, dropout_projected, **kw)
+        fk = dict(device=device, dtype=dtype)
+        self.core = nn.Parameter(uniform_(torch.empty(tx, hidden_dim, ty, **fk), tx))
+        self.core_bias = nn.Parameter(uniform_(torch.empty(hidden_dim, **fk), tx))
+        self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
+
+    def fuse(self, x: Tensor, y: Tensor) -> Tensor:
+        xt, yt = self.inputs((x, y))
+        tx, ty = self.projected_dims
+        t = (xt @ self.core.view(tx, self.hidden_dim * ty)).unflatten(-1, (self.hidden_dim, ty))  # [N, H, t_y]
+        z = (t @ yt.unsqueeze(-1)).squeeze(-1) + self.core_bias  # [N, H]
+        if self.normalize:
+            z = power_normalize(z)
+        return self.head(z)
+
+    def expected_num_parameters(self) -> int:
+        tx, ty = self.projected_dims
+        h = self.hidden_dim
+        return self.inputs.num_parameters() + tx * h * ty + h + self.head.num_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, projected_dims={self.projected_dims}"
+
+
+@register_fusion(
+    "mutan",
+    kind="vector",
+    modalities="2+",
+    paper="Ben-younes et al., ICCV 2017 (MUTAN: Multimodal Tucker fusion)",
+    tiny={"hidden_dim": 4, "rank": 3},
+)
+class Mutan(VectorFusion):
+    """MUTAN: a Tucker fusion whose core has rank ``R``: ``z = W_o(sum_r (W_x^r x̃) ⊙ (W_y^r ỹ)) + b_o``.
+
+    ``x̃ = tanh(W_x drop(x))``, ``ỹ = tanh(W_y drop(y))`` (widths ``projected_dims``, default
+    ``hidden_dim``), the rank terms are biased Linears ``t_m -> hidden_dim`` with no activation,
+    summed over ``r``, then dropout and ``W_o``. M modalities multiply all their rank terms. The
+    ``R`` rank terms of one modality run as one GEMM ``t_m -> R · hidden_dim`` (rank-major, as
+    block.bootstrap lays them out). With ``R = 1`` and identity maps this is MLB.
+
+    Paper defaults without attention: t_x = t_y = t_o = 360, R = 10, dropout 0.5 (with
+    attention: t_v 620, t_q 310, t_o 510, R 5). block.bootstrap's ``Mutan``:
+    ``activation=None`` (no tanh), ``hidden_dim=1600, rank=15``, its ``dropout_input`` as
+    ``dropout_projected``.
+
+    Parameters: ``sum_m [(D_m + 1) t_m + (t_m + 1) R · hidden_dim] + (hidden_dim + 1) · out_dim``.
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out_dim: int,
+        *,
+        hidden_dim: int = 360,
+        rank: int = 10,
+        projected_dims: Sequence[int] | None = None,
+        activation: ActivationArg = "tanh",
+        output_activation: ActivationArg = None,
+        normalize: bool = False,
+        dropout_input: float = 0.5,
+        dropout_projected: float = 0.0,
+        dropout_pre_lin: float = 0.5,
+        dropout_output: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_dims, out_dim, dropout_input=dropout_input, dropout_projected=dropout_projected,
+            dropout_pre_lin=dropout_pre_lin, dropout_output=dropout_output,
+        )
+        name = self.fusion_name
+        check_positive(name, hidden_dim=hidden_dim, rank=rank)
+        self.hidden_dim, self.rank, self.normalize = hidden_dim, rank, bool(normalize)
+        self.projected_dims = _projected_dims(name, projected_dims, hidden_dim, len(self.in_dims))
+        kw = dict(owner=name, device=device, dtype=dtype)
+        self.inputs = InputProjections(self.in_dims, self.projected_dims, activation, dropout_input, dropout_projected, **kw)
+        self.rank_terms = nn.ModuleList(
+            nn.Linear(t, rank * hidden_dim, device=device, dtype=dtype) for t in self.projected_dims
+        )
+        self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
+
+    def fuse(self, *xs: Tensor) -> Tensor:
+        m = None
+        for lin, h in zip(self.rank_terms, self.inputs(xs)):
+            t = lin(h)  # [N, R*H]
+            m = t if m is None else m * t
+        z = m.unflatten(-1, (self.rank, self.hidden_dim)).sum(-2)  # [N, H]
+        if self.normalize:
+            z = power_normalize(z)
+        return self.head(z)
+
+    def expected_num_parameters(self) -> int:
+        rh = self.rank * self.hidden_dim
+        return self.inputs.num_parameters() + sum((t + 1) * rh for t in self.projected_dims) + self.head.num_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, rank={self.rank}"
+
+
+def chunk_sizes(dim: int, chunks: int) -> list[int]:
+    """Split ``dim`` features into ``chunks`` consecutive chunks, as block.bootstrap does.
+
+    Every chunk has ``ceil(dim / chunks)`` features but the last, which takes the rest (1600
+    into 18: 17 x 89 + 87); where that leaves the last chunk empty or negative, the sizes are
+    spread evenly instead (differing by at most one), never producing an empty chunk.
+    """
+    if chunks > dim:
+        raise ValueError(f"chunks ({chunks}) must not exceed hidden_dim ({dim})")
+    size = -(-dim // chunks)
+    last = dim - size * (chunks - 1)
+    if last > 0:
+        return [size] * (chunks - 1) + [last]
+    base, extra = divmod(dim, chunks)
+    return [base + 1] * extra + [base] * (chunks - extra)
+
+
+def _size_groups(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Runs of equal consecutive chunk sizes: ``[(count, size), ...]``."""
+    groups: list[tuple[int, int]] = []
+    for s in sizes:
+        if groups and groups[-1][1] == s:
+            groups[-1] = (groups[-1][0] + 1, s)
+        else:
+            groups.append((1, s))
+    return groups
+
+
+class ChunkLinear(nn.Module):
+    """``C`` independent Linears ``s_in -> s_out`` applied to ``C`` chunks at once (one bmm).
+
+    ``weight`` is ``Tensor[C, s_in, s_out]``, ``bias`` ``Tensor[C, s_out]``; initialised like
+    ``nn.Linear``. Tensor[N, C, s_in] -> Tensor[N, C, s_out].
+    """
+
+    def __init__(self, chunks: int, s_in: int, s_out: int, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(uniform_(torch.empty(chunks, s_in, s_out, **kw), s_in))
+        self.bias = nn.Parameter(uniform_(torch.empty(chunks, s_out, **kw), s_in))
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-2]
+        c, s_in = x.shape[-2], x.shape[-1]
+        xc = x.reshape(-1, c, s_in).transpose(0, 1)  # [C, N, s_in]
+        out = torch.baddbmm(self.bias.unsqueeze(1), xc, self.weight)  # [C, N, s_out]
+        return out.transpose(0, 1).reshape(*lead, c, -1)
+
+
+class _ChunkedFusion(VectorFusion):
+    """Shared body of BLOCK and BLOCK-Tucker: projections to ``hidden_dim``, chunks, a per-chunk
+    interaction (``_chunk_interaction``), signed sqrt + L2 per chunk, concatenation, head."""
+
+    def _build(self, hidden_dim, chunks, activation, output_activation, normalize, dropouts, device, dtype):
+        name = self.fusion_name
+        check_positive(name, hidden_dim=hidden_dim, chunks=chunks)
+        if chunks > hidden_dim:
+            raise ValueError(f"{name}: chunks ({chunks}) must not exceed hidden_dim ({hidden_dim})")
+        self.hidden_dim, self.chunks, self.normalize = hidden_dim, chunks, bool(normalize)
+        self.sizes = chunk_sizes(hidden_dim, chunks)
+        self.groups = _size_groups(self.sizes)
+        d_in, d_proj, d_pre, d_out = dropouts
+        kw = dict(owner=name, device=device, dtype=dtype)
+        self.inputs = InputProjections(self.in_dims, (hidden_dim,) * len(self.in_dims), activation, d_in, d_proj, **kw)
+        self.head = FusionHead(hidden_dim, out_dim=self.out_dim, output_activation=output_activation,
+                               dropout_pre_lin=d_pre, dropout_output=d_out, **kw)
+
+    def fuse(self, *xs: Tensor) -> Tensor:
+        hs = self.inputs(xs)
+        zs, start = [], 0
+        for g, (count, size) in enumerate(self.groups):
+            parts = [h[..., start : start + count * size].unflatten(-1, (count, size)) for h in hs]  # [N, C_g, s]
+            z = self._chunk_interaction(g, parts)  # [N, C_g, s]
+            if self.normalize:
+                z = power_normalize(z)  # per chunk: over its s features
+            zs.append(z.flatten(-2))
+            start += count * size
+        return self.head(torch.cat(zs, dim=-1) if len(zs) > 1 else zs[0])
+
+    def _chunk_interaction(self, group: int, parts: list[Tensor]) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, chunks={self.chunks}"
+
+
+@register_fusion(
+    "block",
+    kind="vector",
+    modalities="2+",
+    paper="Ben-younes et al., AAAI 2019 (BLOCK: block-superdiagonal fusion)",
+    tiny={"hidden_dim": 10, "chunks": 3, "rank": 2},
+)
+class Block(_ChunkedFusion):
+    """BLOCK: a block-superdiagonal Tucker core, each block a rank-``R`` MUTAN.
+
+    ``x̃ = W_x x``, ``ỹ = W_y y`` (Linears to ``hidden_dim``, no activation), split into ``C``
+    chunks (:func:`chunk_sizes`); per chunk ``z_c = sum_r (M_c^r x̃_c) ⊙ (N_c^r ỹ_c)`` with biased
+    Linears ``s_c -> s_c``; signed sqrt + L2 per chunk; ``z = W_o [z_1; ..; z_C] + b_o``. M
+    modalities multiply all their chunk terms. Chunks of equal size run as one batched matmul
+    per modality (at most two sizes), the ``R`` terms of a chunk as one ``s_c -> R · s_c`` map
+    (rank-major, as block.bootstrap). Paper VQA defaults: ``hidden_dim=1600, chunks=18,
+    rank=15``, dropout 0.1 on the projections.
+
+    Parameters: ``sum_m [(D_m + 1) H + sum_c (s_c + 1) R s_c] + (H + 1) · out_dim``.
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out_dim: int,
+        *,
+        hidden_dim: int = 1600,
+        chunks: int = 18,
+        rank: int = 15,
+        activation: ActivationArg = None,
+        output_activation: ActivationArg = None,
+        normalize: bool = True,
+        dropout_input: float = 0.0,
+        dropout_projected: float = 0.1,
+        dropout_pre_lin: float = 0.0,
+        dropout_output: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_dims, out_dim, dropout_input=dropout_input, dropout_projected=dropout_projected,
+            dropout_pre_lin=dropout_pre_lin, dropout_output=dropout_output,
+        )
+        check_positive(self.fusion_name, rank=rank)
+        self.rank = rank
+        dropouts = (dropout_input, dropout_projected, dropout_pre_lin, dropout_output)
+        self._build(hidden_dim, chunks, activation, output_activation, normalize, dropouts, device, dtype)
+        # merge[g][m]: the rank terms of modality m for the chunks of size group g
+        self.merge = nn.ModuleList(
+            nn.ModuleList(ChunkLinear(count, size, rank * size, device, dtype) for _ in self.in_dims)
+            for count, size in self.groups
+        )
+
+    def _chunk_interaction(self, group: int, parts: list[Tensor]) -> Tensor:
+        m = None
+        for lin, p in zip(self.merge[group], parts):
+            t = lin(p)  # [N, C_g, R*s]
+            m = t if m is None else m * t
+        return m.unflatten(-1, (self.rank, m.shape[-1] // self.rank)).sum(-2)  # [N, C_g, s]
+
+    def expected_num_parameters(self) -> int:
+        r, m = self.rank, len(self.in_dims)
+        chunk = sum((s + 1) * r * s for s in self.sizes)
+        return self.inputs.num_parameters() + m * chunk + self.head.num_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}"
+
+
+@register_fusion(
+    "block_tucker",
+    kind="vector",
+    modalities="2",
+    paper="Ben-younes et al., AAAI 2019 (BLOCK with full Tucker blocks)",
+    tiny={"hidden_dim": 7, "chunks": 2},
+)
+class BlockTucker(_ChunkedFusion):
+    """BLOCK-Tucker: a block-superdiagonal core whose blocks are full bilinear maps.
+
+    As :class:`Block`, but chunk ``c`` fuses with a full core:
+    ``z_c[k] = sum_ij core_c[i, k, j] x̃_c[i] ỹ_c[j] + b_c[k]`` (block.bootstrap's
+    ``nn.Bilinear(s, s, s)`` per chunk, computed with batched GEMMs instead). Chunks of equal
+    size share one ``Tensor[C_g, s, s, s]`` core tensor. Paper VQA defaults:
+    ``hidden_dim=1800, chunks=10``.
+
+    Memory: an intermediate of ``N · sum_c s_c²`` floats.
+
+    Parameters: ``sum_m (D_m + 1) H + sum_c (s_c³ + s_c) + (H + 1) · out_dim``.
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out_dim: int,
+        *,
+        hidden_dim: int = 1800,
+        chunks: int = 10,
+        activation: ActivationArg = None,
+        output_activation: ActivationArg = None,
+        normalize: bool = True,
+        dropout_input: float = 0.0,
+        dropout_projected: float = 0.1,
+        dropout_pre_lin: float = 0.0,
+        dropout_output: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_dims, out_dim, dropout_input=dropout_input, dropout_projected=dropout_projected,
+            dropout_pre_lin=dropout_pre_lin, dropout_output=dropout_output,
+        )
+        dropouts = (dropout_input, dropout_projected, dropout_pre_lin, dropout_output)
+        self._build(hidden_dim, chunks, activation, output_activation, normalize, dropouts, device, dtype)
+        kw = dict(device=device, dtype=dtype)
+        # cores[g]: Tensor[C_g, s, s, s] indexed [chunk, i (x), k (out), j (y)]
+        self.cores = nn.ParameterList(
+            nn.Parameter(uniform_(torch.empty(count, size, size, size, **kw), size)) for count, size in self.groups
+        )
+        self.core_biases = nn.ParameterList(
+            nn.Parameter(uniform_(torch.empty(count, size, **kw), size)) for count, size in self.groups
+        )
+
+    def _chunk_interaction(self, group: int, parts: list[Tensor]) -> Tensor:
+        x, y = parts  # [N, C, s] each
+        core, bias = self.cores[group], self.core_biases[group]
+        c, s = core.shape[0], core.shape[1]
+        lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+        xc = x.expand(*lead, c, s).reshape(-1, c, s).transpose(0, 1)  # [C, N, s]
+        t = torch.bmm(xc, core.view(c, s, s * s)).view(c, -1, s, s)  # [C, N, s_out, s_y]
+        yc = y.expand(*lead, c, s).reshape(-1, c, s).transpose(0, 1).unsqueeze(-1)  # [C, N, s, 1]
+        z = (t @ yc).squeeze(-1) + bias.unsqueeze(1)  # [C, N, s]
+        return z.transpose(0, 1).reshape(*lead, c, s)
+
+    def expected_num_parameters(self) -> int:
+        return self.inputs.num_parameters() + sum(s**3 + s for s in self.sizes) + self.head.num_parameters()

@@ -1,0 +1,400 @@
+"""Reference tests for the bilinear-pooling family against explicit tensors at small dims.
+
+Each test rebuilds the method's output from its defining formula (explicit sums, explicit
+weight tensors) with the module's own weights, in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mmfuse
+from mmfuse.fusions import LMF, MCB, MFB, MFH, MLB, TFN, Bilinear, Block, BlockTucker, Mutan, Tucker
+from mmfuse.fusions.factorized import chunk_sizes
+from reference import _float64  # noqa: F401
+
+DIMS = (3, 4, 2)
+
+
+def inputs(dims, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, d, generator=g, dtype=torch.float64) for d in dims]
+
+
+def ssqrt_l2(z):
+    z = torch.sign(z) * torch.sqrt(z.abs())
+    return z / z.norm(dim=-1, keepdim=True)
+
+
+def test_bilinear_is_x_W_k_y():
+    f = Bilinear((3, 4), 5)
+    x, y = inputs((3, 4))
+    out = f(x, y)
+    for n in range(3):
+        for k in range(5):
+            ref = sum(x[n, i] * f.weight[k, i, j] * y[n, j] for i in range(3) for j in range(4)) + f.bias[k]
+            assert out[n, k].item() == pytest.approx(ref.item(), abs=1e-12)
+
+
+def test_bilinear_matches_torch_bilinear():
+    f = Bilinear((3, 4), 5)
+    x, y = inputs((3, 4))
+    torch.testing.assert_close(f(x, y), torch.nn.functional.bilinear(x, y, f.weight, f.bias))
+
+
+def _tensor_product(rows):
+    """Explicit vec([1; x_1] ⊗ ..), element by element, row-major."""
+    ext = [[1.0] + r.tolist() for r in rows]
+    return torch.tensor([math.prod(c) for c in itertools.product(*ext)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_tfn_is_an_mlp_on_the_explicit_outer_product(m):
+    dims = DIMS[:m]
+    f = TFN(dims, 2, hidden_dims=(4,)).eval()
+    xs = inputs(dims)
+    out = f(*xs)
+    lin1, lin2 = [l for l in f.modules() if isinstance(l, torch.nn.Linear)]
+    assert lin1.in_features == math.prod(d + 1 for d in dims)
+    for n in range(3):
+        t = _tensor_product([x[n] for x in xs])
+        ref = lin2(torch.relu(lin1(t)))
+        torch.testing.assert_close(out[n], ref)
+
+
+def test_tfn_keeps_unimodal_terms():
+    # the entry for (1, .., 1, x_m[i]) is x_m[i] itself; (1, .., 1) is the constant 1
+    f = TFN((2, 3), 1, hidden_dims=())
+    x, y = inputs((2, 3), n=1)
+    with torch.no_grad():
+        f.mlp.layers[0].weight.zero_()
+        f.mlp.layers[0].bias.zero_()
+        f.mlp.layers[0].weight[0, 0] = 1.0  # constant
+        f.mlp.layers[0].weight[0, 2] = 10.0  # (1, y[1])
+        f.mlp.layers[0].weight[0, 4 * 1] = 100.0  # (x[0], 1)
+    ref = 1.0 + 10 * y[0, 1] + 100 * x[0, 0]
+    assert f(x, y).item() == pytest.approx(ref.item(), abs=1e-10)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_lmf_equals_tfn_with_the_cp_reconstructed_weight(m):
+    dims = DIMS[:m]
+    f = LMF(dims, 5, rank=3)
+    with torch.no_grad():
+        f.bias.normal_()
+    xs = inputs(dims)
+    # W[o, i_1, .., i_M] = sum_r λ_r prod_m factor_m[i_m, r, o]
+    letters = "abc"[:m]
+    spec = ",".join(f"{a}ro" for a in letters) + ",r->o" + letters
+    W = torch.einsum(spec, *f.factors, f.rank_weights)
+    tfn = TFN(dims, 5, hidden_dims=())
+    with torch.no_grad():
+        tfn.mlp.layers[0].weight.copy_(W.reshape(5, -1))
+        tfn.mlp.layers[0].bias.copy_(f.bias)
+    torch.testing.assert_close(f(*xs), tfn(*xs))
+    # and explicitly for one row
+    t = _tensor_product([x[0] for x in xs])
+    torch.testing.assert_close(f(*xs)[0], W.reshape(5, -1) @ t + f.bias)
+
+
+def _explicit_count_sketch(x, h, s, d):
+    out = [0.0] * d
+    for i in range(len(x)):
+        out[int(h[i])] += float(s[i]) * float(x[i])
+    return out
+
+
+def _explicit_circular_convolution(a, b):
+    d = len(a)
+    return [sum(a[i] * b[(j - i) % d] for i in range(d)) for j in range(d)]
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_mcb_is_count_sketch_then_circular_convolution(m):
+    dims = DIMS[:m]
+    f = MCB(dims, 4, hidden_dim=11, dropout_pre_lin=0.0).eval()
+    xs = inputs(dims)
+    sk = f.sketch(*xs)
+    out = f(*xs)
+    for n in range(3):
+        conv = None
+        for x, (h, s) in zip(xs, f.hashes()):
+            cs = _explicit_count_sketch(x[n], h, s, 11)
+            conv = cs if conv is None else _explicit_circular_convolution(conv, cs)
+        ref = torch.tensor(conv, dtype=torch.float64)
+        torch.testing.assert_close(sk[n], ref)
+        torch.testing.assert_close(out[n], f.head.linear(ssqrt_l2(ref)))
+
+
+def test_mcb_sketch_is_the_count_sketch_of_the_outer_product():
+    f = MCB((3, 4), 7, hidden_dim=7, output_linear=False, normalize=False).eval()
+    x, y = inputs((3, 4), n=1)
+    (hx, sx), (hy, sy) = f.hashes()
+    ref = [0.0] * 7
+    for i in range(3):
+        for j in range(4):
+            ref[(int(hx[i]) + int(hy[j])) % 7] += float(sx[i] * sy[j]) * float(x[0, i] * y[0, j])
+    torch.testing.assert_close(f(x, y)[0], torch.tensor(ref, dtype=torch.float64))
+
+
+def _mcb_inner_product_errors(d, seeds, x, y, x2, y2):
+    true = float((x @ x2) * (y @ y2))
+    est = []
+    for seed in seeds:
+        f = MCB((x.shape[0], y.shape[0]), d, hidden_dim=d, output_linear=False, normalize=False, hash_seed=seed).eval()
+        est.append(float(f(x, y) @ f(x2, y2)))
+    est = torch.tensor(est, dtype=torch.float64)
+    return true, est
+
+
+def test_mcb_inner_products_estimate_the_bilinear_kernel_without_bias():
+    g = torch.Generator().manual_seed(3)
+    x, x2 = torch.randn(2, 16, generator=g, dtype=torch.float64)
+    y, y2 = torch.randn(2, 12, generator=g, dtype=torch.float64)
+    x2 = 0.6 * x + 0.8 * x2  # correlated pairs: a kernel value far from 0
+    y2 = 0.6 * y + 0.8 * y2
+    true, est = _mcb_inner_product_errors(32, range(600), x, y, x2, y2)
+    # unbiased: the mean over hash draws is within 4 standard errors of <x,x'><y,y'>
+    se = est.std() / math.sqrt(len(est))
+    assert abs(est.mean() - true) < 4 * se, (est.mean(), true, se)
+    # and the error of one draw shrinks as d grows
+    rmse = {}
+    for d in (16, 256, 2048):
+        _, e = _mcb_inner_product_errors(d, range(100), x, y, x2, y2)
+        rmse[d] = float(((e - true) ** 2).mean().sqrt())
+    assert rmse[2048] < rmse[256] < rmse[16], rmse
+
+
+def test_mlb_equals_the_full_bilinear_form():
+    """With identity σ and no biases on U, V: z_k = x^T W_k y + b, W_k = sum_j P_kj U_j V_j^T."""
+    f = MLB((3, 4), 5, hidden_dim=6, activation=None, dropout_input=0.0, dropout_pre_lin=0.0)
+    U, V = f.inputs.linears
+    with torch.no_grad():
+        U.bias.zero_()
+        V.bias.zero_()
+    P = f.head.linear.weight  # [5, 6]
+    W = torch.einsum("kj,ji,jl->kil", P, U.weight, V.weight)
+    full = Bilinear((3, 4), 5)
+    with torch.no_grad():
+        full.weight.copy_(W)
+        full.bias.copy_(f.head.linear.bias)
+    x, y = inputs((3, 4))
+    torch.testing.assert_close(f(x, y), full(x, y))
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_mlb_reference_with_tanh(m):
+    dims = DIMS[:m]
+    f = MLB(dims, 5, hidden_dim=6).eval()
+    assert f.inputs.drop_in.p == 0.5 and f.head.drop_pre.p == 0.5  # the paper's dropouts
+    xs = inputs(dims)
+    prod = math.prod(torch.tanh(lin(x)) for lin, x in zip(f.inputs.linears, xs))
+    torch.testing.assert_close(f(*xs), f.head.linear(prod))
+
+
+def _mfb_block(f, xs, i, prev):
+    """The i-th expanded vector of MFH, explicitly: projections of block i, multiplied."""
+    kh = f.factor * f.hidden_dim
+    e = math.prod(lin(x)[:, i * kh : (i + 1) * kh] for lin, x in zip(f.inputs.linears, xs))
+    return e if prev is None else e * prev
+
+
+def _sum_windows(e, k):
+    return torch.stack([e[:, j * k : (j + 1) * k].sum(-1) for j in range(e.shape[1] // k)], dim=-1)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_mfb_reference(m):
+    dims = DIMS[:m]
+    f = MFB(dims, 2, hidden_dim=3, factor=4).eval()
+    xs = inputs(dims)
+    e = _mfb_block(f, xs, 0, None)
+    z = ssqrt_l2(_sum_windows(e, 4))
+    torch.testing.assert_close(f(*xs), f.head.linear(z))
+    raw = MFB(dims, 3, hidden_dim=3, factor=4, output_linear=False).eval()
+    assert raw.expected_num_parameters() == sum((d + 1) * 12 for d in dims)
+    torch.testing.assert_close(raw(*xs), ssqrt_l2(_sum_windows(_mfb_block(raw, xs, 0, None), 4)))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_mfh_reference(order):
+    f = MFH((3, 4), 2, hidden_dim=3, factor=2, order=order).eval()
+    xs = inputs((3, 4))
+    e, zs = None, []
+    for i in range(order):
+        e = _mfb_block(f, xs, i, e)
+        zs.append(ssqrt_l2(_sum_windows(e, 2)))
+    torch.testing.assert_close(f(*xs), f.head.linear(torch.cat(zs, -1)))
+
+
+def test_mfh_passes_the_dropped_expanded_vector_to_the_next_block():
+    f = MFH((3, 4), 6, hidden_dim=3, factor=2, order=2, dropout_expanded=0.5, normalize=False, output_linear=False)
+    f.train()
+    xs = inputs((3, 4), n=200)
+    torch.manual_seed(0)
+    out = f(*xs)
+    # where block 1's dropout zeroed a whole window, block 2's window is zero too
+    # (only possible if e_1 enters block 2 after its dropout)
+    z1, z2 = out[:, :3], out[:, 3:]
+    assert ((z1 == 0) <= (z2 == 0)).all() and (z1 == 0).any()
+
+
+def test_tucker_is_an_explicit_triple_sum():
+    f = Tucker((3, 4), 2, hidden_dim=3, projected_dims=(2, 5)).eval()
+    x, y = inputs((3, 4))
+    xt, yt = (torch.tanh(lin(a)) for lin, a in zip(f.inputs.linears, (x, y)))
+    for n in range(3):
+        t = torch.tensor(
+            [sum(f.core[i, k, j] * xt[n, i] * yt[n, j] for i in range(2) for j in range(5)) + f.core_bias[k] for k in range(3)],
+            dtype=torch.float64,
+        )
+        torch.testing.assert_close(f(x, y)[n], f.head.linear(t))
+
+
+def _tucker_like(src, core):
+    """A Tucker with no activation whose projections and head are copied from ``src``."""
+    t = Tucker(src.in_dims, src.out_dim, hidden_dim=src.hidden_dim, activation=None)
+    with torch.no_grad():
+        for a, b in zip(t.inputs.linears, src.inputs.linears):
+            a.load_state_dict(b.state_dict())
+        t.head.load_state_dict(src.head.state_dict())
+        t.core.copy_(core)
+        t.core_bias.zero_()
+    return t
+
+
+def test_mutan_equals_tucker_with_the_core_built_from_its_rank_terms():
+    f = Mutan((3, 4), 2, hidden_dim=5, rank=3, activation=None, dropout_input=0.0, dropout_pre_lin=0.0)
+    A, B = f.rank_terms
+    with torch.no_grad():
+        A.bias.zero_()
+        B.bias.zero_()
+    # rank term r of modality m is rows [r*H, (r+1)*H) of its Linear
+    Wa, Wb = A.weight.view(3, 5, 5), B.weight.view(3, 5, 5)  # [R, out, in]
+    core = torch.einsum("roi,roj->ioj", Wa, Wb)  # [t_x, H, t_y]
+    x, y = inputs((3, 4))
+    torch.testing.assert_close(f(x, y), _tucker_like(f, core)(x, y))
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_mutan_reference(m):
+    dims = DIMS[:m]
+    f = Mutan(dims, 2, hidden_dim=4, rank=3).eval()
+    xs = inputs(dims)
+    terms = [lin(torch.tanh(p(x))) for lin, p, x in zip(f.rank_terms, f.inputs.linears, xs)]
+    z = sum(math.prod(t[:, r * 4 : (r + 1) * 4] for t in terms) for r in range(3))
+    torch.testing.assert_close(f(*xs), f.head.linear(z))
+
+
+def test_block_equals_tucker_with_a_block_diagonal_core():
+    f = Block((3, 4), 2, hidden_dim=7, chunks=3, rank=2, normalize=False, dropout_projected=0.0)
+    assert f.sizes == [3, 3, 1]
+    core = torch.zeros(7, 7, 7, dtype=torch.float64)
+    start = 0
+    for (count, size), (ma, mb) in zip(f.groups, f.merge):
+        with torch.no_grad():
+            ma.bias.zero_()
+            mb.bias.zero_()
+        for c in range(count):
+            a = ma.weight[c].T.reshape(2, size, size)  # [R, out, in]
+            b = mb.weight[c].T.reshape(2, size, size)
+            sl = slice(start, start + size)
+            core[sl, sl, sl] = torch.einsum("roi,roj->ioj", a, b)
+            start += size
+    x, y = inputs((3, 4))
+    torch.testing.assert_close(f(x, y), _tucker_like(f, core)(x, y))
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_block_reference_normalises_each_chunk(m):
+    dims = DIMS[:m]
+    f = Block(dims, 2, hidden_dim=7, chunks=3, rank=2).eval()
+    xs = inputs(dims)
+    hs = [lin(x) for lin, x in zip(f.inputs.linears, xs)]
+    zs, start = [], 0
+    for g, (count, size) in enumerate(f.groups):
+        for c in range(count):
+            sl = slice(start, start + size)
+            terms = [h[:, sl] @ lin.weight[c] + lin.bias[c] for h, lin in zip(hs, f.merge[g])]
+            prod = math.prod(terms)  # [N, R*s]
+            z = sum(prod[:, r * size : (r + 1) * size] for r in range(2))
+            zs.append(ssqrt_l2(z))
+            start += size
+    torch.testing.assert_close(f(*xs), f.head.linear(torch.cat(zs, -1)))
+
+
+def test_block_tucker_reference():
+    f = BlockTucker((3, 4), 2, hidden_dim=7, chunks=2).eval()
+    assert f.sizes == [4, 3]
+    x, y = inputs((3, 4))
+    xt, yt = (lin(a) for lin, a in zip(f.inputs.linears, (x, y)))
+    zs, start = [], 0
+    for (count, size), core, bias in zip(f.groups, f.cores, f.core_biases):
+        for c in range(count):
+            sl = slice(start, start + size)
+            z = torch.einsum("ni,ikj,nj->nk", xt[:, sl], core[c], yt[:, sl]) + bias[c]
+            zs.append(ssqrt_l2(z))
+            start += size
+    torch.testing.assert_close(f(x, y), f.head.linear(torch.cat(zs, -1)))
+
+
+def test_block_tucker_chunk_matches_torch_bilinear():
+    f = BlockTucker((3, 4), 2, hidden_dim=6, chunks=2, normalize=False, dropout_projected=0.0)
+    x, y = inputs((3, 4))
+    xt, yt = (lin(a) for lin, a in zip(f.inputs.linears, (x, y)))
+    core, bias = f.cores[0], f.core_biases[0]
+    z0 = torch.nn.functional.bilinear(xt[:, :3], yt[:, :3], core[0].permute(1, 0, 2), bias[0])
+    z1 = torch.nn.functional.bilinear(xt[:, 3:], yt[:, 3:], core[1].permute(1, 0, 2), bias[1])
+    torch.testing.assert_close(f(x, y), f.head.linear(torch.cat([z0, z1], -1)))
+
+
+def test_chunk_sizes_follow_block_bootstrap():
+    assert chunk_sizes(1600, 18) == [89] * 17 + [87]
+    assert chunk_sizes(1800, 10) == [180] * 10
+    assert chunk_sizes(9, 6) == [2, 2, 2, 1, 1, 1]
+    with pytest.raises(ValueError, match="chunks"):
+        mmfuse.create_fusion("block", in_dims=(3, 3), out_dim=2, hidden_dim=4, chunks=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 60))
+def test_chunk_sizes_cover_the_dim_with_nonempty_chunks(dim, chunks):
+    if chunks > dim:
+        return
+    sizes = chunk_sizes(dim, chunks)
+    assert len(sizes) == chunks and sum(sizes) == dim and min(sizes) > 0
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("mfb", {"order": 2}, "mfb: order is fixed to 1"),
+        ("mfh", {"output_linear": False}, "mfh: without the output Linear out_dim must equal the fused width 2000, got 6"),
+        ("mutan", {"projected_dims": (3,)}, r"mutan: projected_dims needs one width per modality \(2\), got \(3,\)"),
+        ("lmf", {"rank": 0}, "lmf: rank must be a positive int, got 0"),
+        ("tucker", {"hidden_dim": -1}, "tucker: hidden_dim must be a positive int, got -1"),
+    ],
+)
+def test_bad_knobs(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mmfuse.create_fusion(name, in_dims=(3, 4), out_dim=6, **kwargs)
+
+
+@torch.enable_grad()
+def test_normalize_has_finite_gradients_at_exact_zeros():
+    f = MFB((3, 4), 2, hidden_dim=3, factor=2)
+    x = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        for lin in f.inputs.linears:
+            lin.bias.zero_()
+    out = f.eval()(x, y)  # the joint vector is exactly 0
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
