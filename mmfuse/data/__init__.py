@@ -1,7 +1,11 @@
-"""Datasets: generated tasks (Sort-of-CLEVR, synthetic N-modal interactions), cached on disk.
+"""Datasets: generated tasks (Sort-of-CLEVR, synthetic N-modal interactions), cached on disk,
+and readers of real data in its published formats (VQA v2 + region features, CMU-MOSI / MOSEI,
+MM-IMDb, image-folder VQA).
 
 Generated data is written under :func:`cache_dir` (``$MMFUSE_CACHE``, else the XDG cache),
-keyed by generator version, seed and config; nothing is ever downloaded.
+keyed by generator version, seed and config; nothing is ever downloaded. Real data is read from
+paths the user gives; ``.h5`` and image readers need the ``data`` extra (h5py, Pillow), imported
+only when used.
 """
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ from .interactions import (
     make_interactions,
 )
 from .interactions import describe as describe_interactions
+from .image_folder import ImageFolderVQA
+from .mmimdb import MMIMDb, load_mmimdb
+from .mosi import AffectData, AffectDataset, collate_affect, load_affect, load_mosei, load_mosi
+from .safe_pickle import UnsafePickleError, safe_load
 from .sort_of_clevr import (
     SortOfClevr,
     SortOfClevrQuestions,
@@ -27,6 +35,19 @@ from .sort_of_clevr import (
     make_sort_of_clevr,
 )
 from .sort_of_clevr import describe as describe_sort_of_clevr
+from .vqa import (
+    AnswerVocab,
+    QuestionVocab,
+    VQADataset,
+    build_answer_vocab,
+    build_question_vocab,
+    evaluate_vqa,
+    load_vqa_annotations,
+    load_vqa_questions,
+    normalize_answer,
+    vqa_accuracy,
+)
+from .vqa_features import H5Features, NpzFeatureDir, RegionFeatures, TsvFeatures, open_features
 
 _DESCRIBERS = {"sort_of_clevr": describe_sort_of_clevr, "interactions": describe_interactions}
 
@@ -43,19 +64,45 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 __all__ = [
+    "AffectData",
+    "AffectDataset",
+    "AnswerVocab",
+    "H5Features",
+    "ImageFolderVQA",
     "InteractionDataset",
     "Interactions",
+    "MMIMDb",
+    "NpzFeatureDir",
+    "QuestionVocab",
+    "RegionFeatures",
     "SortOfClevr",
     "SortOfClevrQuestions",
+    "TsvFeatures",
+    "UnsafePickleError",
+    "VQADataset",
     "accuracy_by_type",
+    "build_answer_vocab",
+    "build_question_vocab",
     "cache_dir",
+    "collate_affect",
     "describe",
     "describe_interactions",
     "describe_sort_of_clevr",
+    "evaluate_vqa",
     "generate_interactions",
     "generate_sort_of_clevr",
+    "load_affect",
     "load_interactions",
+    "load_mmimdb",
+    "load_mosei",
+    "load_mosi",
     "load_sort_of_clevr",
+    "load_vqa_annotations",
+    "load_vqa_questions",
     "make_interactions",
     "make_sort_of_clevr",
+    "normalize_answer",
+    "open_features",
+    "safe_load",
+    "vqa_accuracy",
 ]
