@@ -2,6 +2,8 @@
 
     mmfuse list [PATTERN] [--kind vector|attention]    every registered fusion, as a table
     mmfuse info NAME                                   one fusion: kind, modalities, paper, flags, doc
+    mmfuse data make NAME [--out DIR] [--seed N] [--OPTION VALUE ...]   build a generated dataset
+    mmfuse data info PATH                              counts per split and per question type / class
 """
 
 from __future__ import annotations
@@ -49,6 +51,41 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(extra: Sequence[str]) -> dict[str, str]:
+    """``--key value`` / ``--key=value`` pairs left over by argparse, as a dict of strings."""
+    out: dict[str, str] = {}
+    items = list(extra)
+    while items:
+        key = items.pop(0)
+        if not key.startswith("--") or key == "--":
+            raise ValueError(f"expected --OPTION VALUE pairs, got {key!r}")
+        key = key[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif items and not items[0].startswith("--"):
+            value = items.pop(0)
+        else:
+            value = "true"
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import commands  # numpy-based; imported only for this command
+
+    if args.action == "info":
+        print(commands.info(args.target))
+        return 0
+    if args.list_options:
+        for key, value in commands.dataset_options(args.target).items():
+            print(f"--{key.replace('_', '-')} (default {value!r})")
+        return 0
+    path = commands.make_dataset(args.target, out=args.out, seed=args.seed, **_options(args.extra))
+    print(f"dataset: {path}\n")
+    print(commands.info(path))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfuse", description="Multimodal fusion methods under one interface.")
     parser.add_argument("--version", action="version", version=f"mmfuse {__version__}")
@@ -62,11 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show one fusion: paper, flags, signature, docstring")
     p.add_argument("name")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "data",
+        help="build or describe a dataset",
+        description="make NAME: build a generated dataset (sort-of-clevr, interactions) in the cache "
+        "or --out; extra --OPTION VALUE pairs go to its generator (--list-options shows them). "
+        "info PATH: counts per split and per question type or class.",
+    )
+    p.add_argument("action", choices=("make", "info"))
+    p.add_argument("target", help="dataset name (make) or folder (info)")
+    p.add_argument("--out", default=None, help="folder to write (default: the user cache, keyed by version and seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--list-options", action="store_true", help="print the generator's options and defaults")
+    p.set_defaults(func=_cmd_data, extra=[])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "data" or args.action != "make":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra
     try:
         return args.func(args)
     except ValueError as err:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import mmfuse
 from mmfuse.cli import main
 
@@ -39,3 +41,26 @@ def test_info_and_unknown_name(capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "mmfuse.cli", "list", "--kind", "vector"], capture_output=True, text=True, check=True).stdout
     assert "| dpp " in out and "Noh et al., CVPR 2016" in out
+
+
+def test_data_make_and_info(tmp_path, capsys):
+    out = tmp_path / "soc"
+    assert main(["data", "make", "sort-of-clevr", "--out", str(out), "--seed", "3", "--n-train", "12", "--n-test=4"]) == 0
+    made = capsys.readouterr().out
+    assert f"dataset: {out}" in made
+    # 12 train images x 20 questions; the per-type table is printed
+    row = next(line for line in made.splitlines() if line.startswith("| train "))
+    assert [c.strip() for c in row.split("|")[2:4]] == ["12", "240"]
+    assert "| closest " in made and "| count " in made
+    assert main(["data", "info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert info.strip() == made.split("\n", 2)[2].strip()
+
+
+def test_data_make_errors(tmp_path, capsys):
+    assert main(["data", "make", "sort-of-clevr", "--out", str(tmp_path / "x"), "--n-trains", "3"]) == 2
+    assert "n_trains" in capsys.readouterr().err
+    assert main(["data", "make", "clevr", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown dataset 'clevr'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["list", "--n-train", "3"])
