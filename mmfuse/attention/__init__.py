@@ -6,5 +6,12 @@ Importing this package registers every attention fusion with the registry.
 
 from ._base import AttentionFusion, AttentionOutput, check_attention_inputs, resolve_fusion
 from .soft import SoftAttention
+from .memory import DMN
+from .stacked import SAN, SLA, SMem
+from .updown import MultiSource, UpDown
+from .coattention import CoAttention, DualAttention
+from .high_order import HighOrderAttention
+from .recurrent import DualRecurrentAttention, RecurrentAttentionUnit
+from .transformer import LXMERT, MCAN, ViLBERT
 
-__all__ = ["AttentionFusion", "AttentionOutput", "check_attention_inputs", "resolve_fusion", "SoftAttention"]
+__all__ = ["AttentionFusion", "AttentionOutput", "check_attention_inputs", "resolve_fusion", "SoftAttention", "SAN", "SLA", "SMem", "DMN", "UpDown", "MultiSource", "CoAttention", "DualAttention", "DualRecurrentAttention", "RecurrentAttentionUnit", "HighOrderAttention", "ViLBERT", "LXMERT", "MCAN"]
