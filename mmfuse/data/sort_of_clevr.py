@@ -75,6 +75,9 @@ __all__ = [
     "SortOfClevrQuestions",
     "accuracy_by_type",
     "describe",
+    "detect_objects",
+    "parse_question",
+    "question_bits",
     "generate_sort_of_clevr",
     "load_sort_of_clevr",
     "make_sort_of_clevr",
@@ -498,6 +501,69 @@ class SortOfClevrQuestions(Dataset):
             "answer": t["answer"][img, q].long(),
             "qtype": t["qtype"][img, q].long(),
         }
+
+
+def detect_objects(image: np.ndarray) -> dict[str, np.ndarray]:
+    """Object-level region features read back from a rendered scene (the inverse of rendering).
+
+    Each palette colour is looked up by exact pixel value; its pixels give the centre (their
+    mean) and the shape (a square fills 121 pixels, a circle of radius^2 <= 30 fills 97).
+    This lets a model trained on region features answer questions about an image file.
+
+    Args:
+        image: uint8 [75, 75, 3] (or float in [0, 1]).
+    Returns:
+        ``regions`` float32 [6, 10] in the dataset's layout (colour one-hot, shape one-hot,
+        centre / 74), ``region_mask`` bool [6] (False for a colour that is absent), and
+        ``centres`` float32 [6, 2] in pixels.
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = np.clip(np.rint(img.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise ValueError(f"sort_of_clevr: expected an image of shape (75, 75, 3), got {img.shape}")
+    regions = np.zeros((N_OBJECTS, REGION_DIM), dtype=np.float32)
+    mask = np.zeros(N_OBJECTS, dtype=bool)
+    centres = np.zeros((N_OBJECTS, 2), dtype=np.float32)
+    square_px = (2 * OBJECT_HALF + 1) ** 2
+    for k, colour in enumerate(PALETTE):
+        ys, xs = np.nonzero((img == colour).all(-1))
+        if len(xs) == 0:
+            continue
+        mask[k] = True
+        centres[k] = (xs.mean(), ys.mean())
+        is_square = len(xs) > (square_px + 97) / 2
+        regions[k, k] = 1.0
+        regions[k, 6 + (0 if is_square else 1)] = 1.0
+        regions[k, 8:] = centres[k] / np.float32(IMAGE_SIZE - 1)
+    return {"regions": regions, "region_mask": mask, "centres": centres}
+
+
+def parse_question(text: str) -> tuple[int, int]:
+    """``(qtype, colour)`` of a question written like one of the dataset's templates.
+
+    Raises:
+        ValueError: the question matches no template (the message lists two examples).
+    """
+    words = tokenize(text)
+    for q, group in enumerate(TEMPLATES):
+        for template in group:
+            for c, colour in enumerate(COLOUR_NAMES):
+                if tokenize(template.format(c=colour)) == words:
+                    return q, c
+    raise ValueError(
+        f"sort_of_clevr: the question {text!r} matches none of the dataset's templates, "
+        f"e.g. {TEMPLATES[0][0].format(c='red')!r} or {TEMPLATES[3][0].format(c='blue')!r}"
+    )
+
+
+def question_bits(qtype: int, colour: int) -> np.ndarray:
+    """The paper's 11-bit code of a question: float32 [11]."""
+    bits = np.zeros(QUESTION_BITS, dtype=np.float32)
+    bits[colour] = 1.0
+    bits[6 + int(qtype >= 3)] = 1.0
+    bits[8 + qtype % 3] = 1.0
+    return bits
 
 
 @dataclass(frozen=True)
