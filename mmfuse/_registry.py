@@ -63,12 +63,35 @@ class FusionInfo:
         """Largest number of inputs, or ``None`` when unbounded."""
         return None if self.modalities.endswith("+") else int(self.modalities)
 
+    @property
+    def family(self) -> str:
+        """The survey's family, from the module that defines the class: ``"simple"``,
+        ``"gated"``, ``"bilinear"``, ``"attention"``, ``"bilinear attention"``, ``"transformer"``
+        (``"other"`` for fusions defined outside mmfuse)."""
+        module = self.cls.__module__
+        for prefix, family in _FAMILIES:
+            if module.startswith(prefix):
+                return family
+        return "other"
+
     def accepts(self, num_modalities: int) -> bool:
         hi = self.max_modalities
         return num_modalities >= self.min_modalities and (hi is None or num_modalities <= hi)
 
 
 _REGISTRY: dict[str, FusionInfo] = {}
+
+_FAMILIES = (
+    ("mmfuse.fusions.simple", "simple"),
+    ("mmfuse.fusions.gated", "gated"),
+    ("mmfuse.fusions.bilinear", "bilinear"),
+    ("mmfuse.fusions.factorized", "bilinear"),
+    ("mmfuse.attention.bilinear_attention", "bilinear attention"),
+    ("mmfuse.attention.ban", "bilinear attention"),
+    ("mmfuse.attention.transformer", "transformer"),
+    ("mmfuse.attention", "attention"),
+    ("mmfuse.search", "search"),
+)
 
 
 def _check_modalities(modalities: str) -> None:

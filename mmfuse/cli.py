@@ -32,8 +32,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for n in names:
         info = fusion_info(n)
-        rows.append((n, info.kind, info.modalities, info.paper))
-    print(_table(("name", "kind", "modalities", "paper"), rows))
+        rows.append((n, info.kind, info.family, info.modalities, info.paper))
+    print(_table(("name", "kind", "family", "modalities", "paper"), rows))
     print(f"\n{len(names)} fusion{'s' if len(names) != 1 else ''}")
     return 0
 

@@ -15,11 +15,11 @@ def test_list_shows_every_fusion_with_its_paper(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["name", "kind", "modalities", "paper"]
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["name", "kind", "family", "modalities", "paper"]
     for name in mmfuse.list_fusions():
         info = mmfuse.fusion_info(name)
         row = next(line for line in lines if line.startswith(f"| {name} "))
-        assert info.paper in row and info.kind in row and info.modalities in row
+        assert info.paper in row and info.kind in row and info.modalities in row and info.family in row
     assert f"{len(mmfuse.list_fusions())} fusions" in out
 
 

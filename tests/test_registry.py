@@ -88,3 +88,12 @@ def test_modalities_bounds():
     assert mmfuse.fusion_info("mrn").max_modalities == 2
     assert mmfuse.fusion_info("gmu").max_modalities is None
     assert not mmfuse.fusion_info("mrn").accepts(3)
+
+
+def test_families():
+    assert mmfuse.fusion_info("concat").family == "simple"
+    assert mmfuse.fusion_info("gmu").family == "gated"
+    assert mmfuse.fusion_info("mfh").family == mmfuse.fusion_info("lmf").family == "bilinear"
+    assert mmfuse.fusion_info("san").family == "attention"
+    assert mmfuse.fusion_info("mcan").family == "transformer"
+    assert all(mmfuse.fusion_info(n).family != "other" for n in mmfuse.list_fusions())
