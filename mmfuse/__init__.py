@@ -14,11 +14,24 @@ from ._registry import FusionInfo, create_fusion, fusion_info, list_fusions, reg
 
 __version__ = "0.1.0"
 
+
+def load(path, **kwargs):
+    """A trained task model from a folder of ``model.safetensors`` + ``config.json``.
+
+    Never unpickles: the weights are safetensors, the config JSON. See
+    :func:`mmfuse.train.checkpoint.load` for the options.
+    """
+    from .train.checkpoint import load as _load
+
+    return _load(path, **kwargs)
+
+
 __all__ = [
     "FusionInfo",
     "create_fusion",
     "fusion_info",
     "list_fusions",
     "register_fusion",
+    "load",
     "__version__",
 ]

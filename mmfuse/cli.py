@@ -4,6 +4,10 @@
     mmfuse info NAME                                   one fusion: kind, modalities, paper, flags, doc
     mmfuse data make NAME [--out DIR] [--seed N] [--OPTION VALUE ...]   build a generated dataset
     mmfuse data info PATH                              counts per split and per question type / class
+    mmfuse train CONFIG [--run-dir DIR] [--key.sub VALUE ...]          train a model from a YAML config
+    mmfuse eval CKPT [--split test] [--key VALUE ...]                 evaluate a saved model (data overrides)
+    mmfuse predict CKPT --image IMG --question TEXT [--attention out.png]
+    mmfuse run [--pixels] [--out DIR] [--epochs N] [--only a,b]        the main job: the leaderboard
 """
 
 from __future__ import annotations
@@ -52,22 +56,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _options(extra: Sequence[str]) -> dict[str, str]:
-    """``--key value`` / ``--key=value`` pairs left over by argparse, as a dict of strings."""
-    out: dict[str, str] = {}
-    items = list(extra)
-    while items:
-        key = items.pop(0)
-        if not key.startswith("--") or key == "--":
-            raise ValueError(f"expected --OPTION VALUE pairs, got {key!r}")
-        key = key[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        elif items and not items[0].startswith("--"):
-            value = items.pop(0)
-        else:
-            value = "true"
-        out[key.replace("-", "_")] = value
-    return out
+    """``--key value`` / ``--key=value`` pairs left over by argparse, dashes as underscores."""
+    return {k.replace("-", "_"): v for k, v in _options_raw(extra).items()}
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -83,6 +73,86 @@ def _cmd_data(args: argparse.Namespace) -> int:
     path = commands.make_dataset(args.target, out=args.out, seed=args.seed, **_options(args.extra))
     print(f"dataset: {path}\n")
     print(commands.info(path))
+    return 0
+
+
+def _dotted(extra: Sequence[str]) -> list[str]:
+    """``--a.b value`` pairs as ``["a.b=value"]`` overrides."""
+    return [f"{k}={v}" for k, v in _options_raw(extra).items()]
+
+
+def _options_raw(extra: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    items = list(extra)
+    while items:
+        key = items.pop(0)
+        if not key.startswith("--") or key == "--":
+            raise ValueError(f"expected --KEY VALUE pairs, got {key!r}")
+        key = key[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif items and not items[0].startswith("--"):
+            value = items.pop(0)
+        else:
+            value = "true"
+        out[key] = value
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    result = train(args.config, run_dir=args.run_dir, overrides=_dotted(args.extra))
+    print(f"\nmodel: {result.checkpoint}")
+    print(_metrics_table(result.metrics))
+    print(f"\n{result.seconds:.1f} s, {result.samples_per_s:.0f} samples/s, {result.params:,} parameters")
+    return 0
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items()) if k.startswith("test/")]
+    return _table(("metric", "value"), rows or [(k, f"{v:.4f}") for k, v in sorted(metrics.items())])
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate
+
+    overrides = [f"{k.removeprefix('data.')}={v}" for k, v in _options_raw(args.extra).items()]
+    metrics = evaluate(args.checkpoint, overrides or None, split=args.split)
+    print(_metrics_table(metrics))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    result = predict(args.checkpoint, args.image, args.question, attention_path=args.attention, top=args.top)
+    print(f"Q: {args.question}")
+    for i, (answer, p) in enumerate(result["top"]):
+        print(f"{'A' if i == 0 else ' '}: {answer:<8} {100 * p:5.1f}%")
+    if args.attention:
+        print(f"attention: {args.attention}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .bench.run import DEFAULT_ENTRIES, run_leaderboard
+
+    entries = DEFAULT_ENTRIES
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {e[0] for e in entries})
+        if unknown:
+            raise ValueError(f"--only: unknown entries {unknown}; expected some of {[e[0] for e in entries]}")
+        entries = tuple(e for e in entries if e[0] in wanted)
+    rows, run_dir = run_leaderboard(
+        args.out, entries=entries, pixels=args.pixels, seed=args.seed, epochs=args.epochs,
+        n_train=args.n_train, overrides=_dotted(args.extra),
+    )
+    from .bench.run import format_table
+
+    print("\n" + format_table(rows))
+    print(f"\nresults: {run_dir}/leaderboard.md, leaderboard.csv, leaderboard.png")
     return 0
 
 
@@ -113,6 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list-options", action="store_true", help="print the generator's options and defaults")
     p.set_defaults(func=_cmd_data, extra=[])
+
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Extra --key.sub VALUE pairs override the config (e.g. --model.fusion.name mfh).")
+    p.add_argument("config", help="YAML/JSON config, e.g. configs/soc_mcan.yaml")
+    p.add_argument("--run-dir", default=None, help="run folder (default: runs/<name>-<config hash>); resumes if it has last.ckpt")
+    p.set_defaults(func=_cmd_train, extra=[])
+
+    p = sub.add_parser("eval", help="evaluate a saved model",
+                       description="Extra --KEY VALUE pairs override the data config (e.g. --path DIR).")
+    p.add_argument("checkpoint", help="a model folder (model.safetensors + config.json) or its run folder")
+    p.add_argument("--split", default="test")
+    p.set_defaults(func=_cmd_eval, extra=[])
+
+    p = sub.add_parser("predict", help="answer a question about an image with a saved model")
+    p.add_argument("checkpoint")
+    p.add_argument("--image", required=True, help="image file (Sort-of-CLEVR: a 75x75 PNG)")
+    p.add_argument("--question", required=True)
+    p.add_argument("--attention", default=None, help="save the attention over the image and the words here (PNG)")
+    p.add_argument("--top", type=int, default=3, help="answers to print")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("run", help="the main job: train one model per fusion family, print the leaderboard",
+                       description="Builds the default Sort-of-CLEVR (cached), trains a concat baseline and one "
+                       "model per fusion family with the same encoders and budget, and writes the leaderboard "
+                       "(CSV, Markdown, PNG) to a run folder. Extra --key.sub VALUE pairs override every entry's config.")
+    p.add_argument("--pixels", action="store_true", help="from raw pixels through the CNN encoder (long; GPU-sized)")
+    p.add_argument("--out", default=None, help="run folder (default runs/run-<time>); rerunning it skips finished entries")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per entry (default: the preset's)")
+    p.add_argument("--n-train", type=int, default=None, help="training images (default 9800)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default=None, help="comma-separated entries to train")
+    p.set_defaults(func=_cmd_run, extra=[])
     return parser
 
 
@@ -120,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "data" or args.action != "make":
+        takes_extra = args.command in ("train", "eval", "run") or (args.command == "data" and args.action == "make")
+        if not takes_extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
     try:

@@ -1,0 +1,1 @@
+"""Benchmarks people run: the main job's leaderboard (``mmfuse run``)."""

@@ -1,0 +1,228 @@
+"""The main job: train one model per fusion family on Sort-of-CLEVR and print a leaderboard.
+
+``mmfuse run`` builds (or reuses) the default Sort-of-CLEVR in the cache, trains a concat
+baseline and one model from each family on the object-level region features with
+natural-language questions, and writes ``leaderboard.csv``, ``leaderboard.md`` and
+``leaderboard.png`` (accuracy per question type, and accuracy against parameters) in a run
+directory. ``--pixels`` runs the same comparison from raw pixels through the CNN encoder.
+
+Every entry uses the same encoders (a Linear on each region row or a CNN grid; a GRU over the
+question words), the same data, optimiser, schedule and budget; only the fusion differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mmfuse
+
+__all__ = ["DEFAULT_ENTRIES", "entry_config", "run_leaderboard", "format_table"]
+
+# (entry name, fusion name, fusion knobs): the concat baseline and one model per family
+DEFAULT_ENTRIES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("concat_mlp", "concat_mlp", {"hidden_dims": [128]}),
+    ("mlb", "mlb", {"hidden_dim": 128, "dropout_input": 0.0, "dropout_pre_lin": 0.0}),
+    ("soft_attention", "soft_attention", {"glimpses": 2, "hidden_dim": 64, "fusion": "mlb",
+                                          "fusion_kwargs": {"dropout_input": 0.0, "dropout_pre_lin": 0.0}}),
+    ("ban", "ban", {"glimpses": 2, "hidden_dim": 64}),
+    ("mcan", "mcan", {"hidden_dim": 64, "heads": 4, "ffn_dim": 128, "num_layers": 2, "dropout": 0.0}),
+)
+
+DEFAULT_EPOCHS = 4
+QTYPES = ("shape", "left", "top", "closest", "furthest", "count")
+
+
+def entry_config(
+    fusion: str,
+    knobs: dict[str, Any],
+    *,
+    pixels: bool = False,
+    seed: int = 0,
+    epochs: int = 4,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    n_train: int | None = None,
+    data_path: str | None = None,
+) -> dict[str, Any]:
+    """The full training config of one leaderboard entry."""
+    dim = 64
+    if pixels:
+        v = {"encoder": "cnn", "key": "image", "dim": dim}
+    else:
+        v = {"encoder": "regions", "key": "regions", "mask_key": "region_mask", "in_dim": 10, "dim": dim}
+    q = {"encoder": "gru", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",
+         "embed_dim": 32, "dim": dim}
+    data: dict[str, Any] = {"name": "sort-of-clevr", "path": data_path, "seed": seed, "batch_size": batch_size}
+    if n_train is not None:
+        data["n_train"] = n_train
+    return {
+        "model": {
+            "task": {"kind": "classification", "num_outputs": "auto"},
+            "inputs": {"v": v, "q": q},
+            "fusion": {"name": fusion, "out_dim": 128, **copy.deepcopy(knobs)},
+            "head": {"hidden_dims": [128], "dropout": 0.0},
+        },
+        "data": data,
+        "train": {
+            "max_epochs": epochs,
+            "lr": lr,
+            "weight_decay": 0.0,
+            "warmup_steps": 200,
+            "schedule": "cosine",
+            "grad_clip": 1.0,
+            "seed": seed,
+        },
+    }
+
+
+def _metric(metrics: dict[str, float], *names: str) -> float | None:
+    """The first metric whose key ends with one of ``names`` (test split preferred)."""
+    for prefer in ("test", ""):
+        for key, value in metrics.items():
+            if prefer and not key.startswith(prefer):
+                continue
+            if any(key.endswith(n) for n in names):
+                return float(value)
+    return None
+
+
+def _row(entry: str, fusion: str, result, params: int) -> dict[str, Any]:
+    m = result.metrics
+    row: dict[str, Any] = {
+        "model": entry,
+        "fusion": fusion,
+        "family": mmfuse.fusion_info(fusion).family,
+        "params": params,
+        "train_s": round(result.seconds, 1),
+        "samples_per_s": round(result.samples_per_s, 1),
+        "accuracy": _metric(m, "acc", "accuracy"),
+        "non_relational": _metric(m, "acc_non_relational", "non_relational"),
+        "relational": _metric(m, "acc_relational", "/relational"),
+    }
+    for q in QTYPES:
+        row[q] = _metric(m, f"acc_{q}", f"/{q}")
+    return row
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The leaderboard as Markdown, best relational accuracy first."""
+    cols = ["model", "family", "params", "train_s", "accuracy", "non_relational", "relational", *QTYPES]
+    ordered = sorted(rows, key=lambda r: -(r.get("relational") or 0.0))
+
+    def cell(r, c):
+        v = r.get(c)
+        if v is None:
+            return ""
+        if c == "params":
+            return f"{v / 1e3:.0f}k"
+        if isinstance(v, float) and c not in ("train_s",):
+            return f"{100 * v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(r, c) for c in cols) + " |" for r in ordered]
+    return "\n".join(lines)
+
+
+def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        vals = [100 * (r.get(q) or 0.0) for q in QTYPES]
+        ax1.bar([j + i * width for j in range(len(QTYPES))], vals, width, label=r["model"])
+    ax1.set_xticks([j + 0.4 - width / 2 for j in range(len(QTYPES))])
+    ax1.set_xticklabels([f"{q}\n({'rel.' if j >= 3 else 'non-rel.'})" for j, q in enumerate(QTYPES)])
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_ylim(0, 100)
+    ax1.set_title("Accuracy per question type")
+    ax1.legend(fontsize=8, loc="lower left")
+    ax1.grid(axis="y", alpha=0.3)
+    families = sorted({r["family"] for r in rows})
+    colours = {f: plt.cm.tab10(i) for i, f in enumerate(families)}
+    for r in rows:
+        ax2.scatter(r["params"], 100 * (r.get("relational") or 0.0), color=colours[r["family"]], s=60)
+        ax2.annotate(r["model"], (r["params"], 100 * (r.get("relational") or 0.0)), fontsize=8,
+                     xytext=(4, 4), textcoords="offset points")
+    for f in families:
+        ax2.scatter([], [], color=colours[f], label=f)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("parameters")
+    ax2.set_ylabel("relational accuracy (%)")
+    ax2.set_title("Relational accuracy vs size")
+    ax2.legend(fontsize=8, loc="lower right")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_leaderboard(
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    entries: Sequence[tuple[str, str, dict[str, Any]]] = DEFAULT_ENTRIES,
+    pixels: bool = False,
+    seed: int = 0,
+    epochs: int | None = None,
+    n_train: int | None = None,
+    overrides: Sequence[str] = (),
+    log=print,
+) -> tuple[list[dict[str, Any]], Path]:
+    """Train every entry, write the leaderboard files, return ``(rows, run_dir)``.
+
+    Finished entries are kept in ``results.json`` and skipped when the same run directory is
+    run again, so a killed run resumes where it stopped.
+    """
+    from ..train import apply_overrides, train
+
+    run_dir = Path(out_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done_path = run_dir / "results.json"
+    done: dict[str, dict[str, Any]] = json.loads(done_path.read_text()) if done_path.exists() else {}
+    rows: list[dict[str, Any]] = []
+    for entry, fusion, knobs in entries:
+        if entry in done:
+            log(f"[{entry}] already trained: {done[entry].get('relational')}")
+            rows.append(done[entry])
+            continue
+        config = entry_config(fusion, knobs, pixels=pixels, seed=seed, epochs=epochs or DEFAULT_EPOCHS, n_train=n_train)
+        config = apply_overrides(config, list(overrides))
+        log(f"[{entry}] training {fusion} ({mmfuse.fusion_info(fusion).family})")
+        result = train(config, run_dir=run_dir / entry)
+        from ..train import load as load_model
+
+        params = sum(p.numel() for p in load_model(result.checkpoint).parameters())
+        row = _row(entry, fusion, result, params)
+        rows.append(row)
+        done[entry] = row
+        _write_atomic(done_path, json.dumps(done, indent=1))
+    table = format_table(rows)
+    _write_atomic(run_dir / "leaderboard.md", table + "\n")
+    with open(run_dir / "leaderboard.csv.tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(run_dir / "leaderboard.csv.tmp", run_dir / "leaderboard.csv")
+    what = "pixels (CNN grid)" if pixels else "object-level region features"
+    _plot(rows, run_dir / "leaderboard.png", f"Sort-of-CLEVR test accuracy, {what}, same encoders and budget")
+    return rows, run_dir

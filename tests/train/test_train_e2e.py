@@ -1,0 +1,227 @@
+"""Tiny end-to-end runs per task kind, ``evaluate``, metrics against references, schedules."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import train_helpers as h
+from mmfuse.train import ConfigError, evaluate, load, train
+from mmfuse.train.module import WarmupSchedule, compute_metrics
+
+
+def run(tmp_path, config):
+    result = train(config, run_dir=tmp_path / "run")
+    for name, value in result.metrics.items():
+        assert isinstance(value, float), name
+    return result
+
+
+def check_saved(result):
+    folder = result.checkpoint
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "metrics.json", "info.json"}
+    assert json.loads((folder / "metrics.json").read_text()) == pytest.approx(result.metrics, nan_ok=True)
+    assert (result.run_dir / "last.ckpt").is_file()
+    assert (result.run_dir / "csv" / "metrics.csv").is_file()
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert result.seconds > 0 and result.samples_per_s > 0 and result.params > 0
+
+
+def test_sort_of_clevr_regions_classification(tmp_path):
+    cfg = h.tiny_config("sort-of-clevr")
+    cfg["train"]["early_stopping"] = {"patience": 3}
+    result = run(tmp_path, cfg)
+    check_saved(result)
+    m = result.metrics
+    names = ["shape", "left", "top", "closest", "furthest", "count", "non_relational", "relational"]
+    assert all(f"test/acc_{n}" in m for n in names)
+    assert 0.0 <= m["test/accuracy"] <= 1.0 and math.isfinite(m["test/loss"])
+    # overall accuracy is the question-weighted mean of the two kinds (2 + 2 questions per image)
+    assert m["test/accuracy"] == pytest.approx((m["test/acc_relational"] + m["test/acc_non_relational"]) / 2)
+    saved = json.loads((result.checkpoint / "config.json").read_text())
+    assert saved["model"]["inputs"]["v"]["in_dim"] == 10  # 'auto' was filled from the data
+    assert list(saved["model"]["inputs"]) == ["v", "q"]  # the fusion's input order is kept
+    assert evaluate(result.checkpoint) == pytest.approx({k: v for k, v in m.items() if k.startswith("test/")})
+
+
+def test_interactions_classification_learns(tmp_path):
+    cfg = h.tiny_config("interactions")  # order 1: additive, learnable by any fusion
+    cfg["train"].update(max_epochs=3, lr=1e-2)
+    result = run(tmp_path, cfg)
+    check_saved(result)
+    assert result.metrics["test/accuracy"] > 0.75
+    assert evaluate(result.run_dir, split="val") == pytest.approx({k: v for k, v in result.metrics.items() if k.startswith("val/")})
+
+
+def test_mosi_regression(tmp_path):
+    cfg = h.tiny_config("mosi", path=str(h.write_mosi(tmp_path / "mosi.pkl")))
+    result = run(tmp_path, cfg)
+    m = result.metrics
+    assert {"test/mae", "test/mse", "test/pearson", "test/acc2", "test/acc2_nonzero"} <= set(m)
+    assert m["test/loss"] == pytest.approx(m["test/mae"], rel=1e-5)  # L1 loss by default
+    other = tmp_path / "other.pkl"
+    h.write_mosi(other, seed=5)
+    moved = evaluate(result.checkpoint, {"path": str(other)})
+    assert moved.keys() == {k for k in m if k.startswith("test/")} and moved != {k: m[k] for k in moved}
+
+
+def test_mmimdb_multilabel(tmp_path):
+    path, splits = h.write_mmimdb(tmp_path / "mm.hdf5")
+    result = run(tmp_path, h.tiny_config("mmimdb", path=str(path), splits=splits))
+    assert {"test/f1_micro", "test/f1_macro", "val/f1_micro"} <= set(result.metrics)
+
+
+def test_vqa2_soft_targets(tmp_path):
+    root = h.write_vqa(tmp_path / "vqa")
+    result = run(tmp_path, h.tiny_config("vqa2", path=str(root), feature_dim=8, max_boxes=6))
+    assert 0.0 <= result.metrics["test/vqa_accuracy"] <= 1.0
+    info = json.loads((result.checkpoint / "info.json").read_text())
+    assert info["answer_vocab"] and info["word_vocab"][:2] == ["<pad>", "<unk>"]
+
+
+def test_image_folder_from_pixels(tmp_path):
+    result = run(tmp_path, h.tiny_config("image-folder", path=str(h.write_image_folder(tmp_path / "img"))))
+    assert "test/accuracy" in result.metrics
+
+
+def test_incompatible_model_config_stops_before_training(tmp_path):
+    cfg = h.tiny_config("interactions")
+    cfg["model"]["inputs"]["a"]["in_dim"] = 5  # the data has 4 features
+    with pytest.raises(ConfigError, match=r"^model\.inputs\.a\.in_dim: 5, but"):
+        train(cfg, run_dir=tmp_path / "run")
+    cfg = h.tiny_config("interactions")
+    cfg["model"]["inputs"]["a"]["key"] = "x7"
+    with pytest.raises(ConfigError, match=r"^model\.inputs\.a\.key: the interactions batches have no 'x7'"):
+        train(cfg, run_dir=tmp_path / "run")
+    cfg = h.tiny_config("interactions")
+    cfg["model"]["task"] = {"kind": "classification", "num_outputs": 3}
+    with pytest.raises(ConfigError, match=r"^model\.task\.num_outputs"):
+        train(cfg, run_dir=tmp_path / "run")
+    cfg = h.tiny_config("interactions")
+    cfg["train"]["early_stopping"] = {"monitor": "val/mae"}
+    with pytest.raises(ConfigError, match=r"^train\.early_stopping\.monitor"):
+        train(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_unknown_fusion_is_named(tmp_path, models):
+    if models != "real":
+        pytest.skip("the stand-in model does not check fusion names")
+    cfg = h.tiny_config("interactions")
+    cfg["model"]["fusion"]["name"] = "mbl"
+    with pytest.raises(ValueError, match=r"model\.fusion\.name"):
+        train(cfg, run_dir=tmp_path / "run")
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = h.tiny_config("interactions")
+    cfg["train"]["max_epochs"] = 1
+    train(cfg, run_dir=tmp_path / "run")
+    cfg["data"]["batch_size"] = 8
+    with pytest.raises(ConfigError, match=r"^data\.batch_size: .*last\.ckpt was written by a run with 16"):
+        train(cfg, run_dir=tmp_path / "run")
+
+
+def test_rerunning_a_finished_run_resumes_without_training(tmp_path):
+    cfg = h.tiny_config("interactions")
+    cfg["train"]["max_epochs"] = 1
+    first = train(cfg, run_dir=tmp_path / "run")
+    again = train(cfg, run_dir=tmp_path / "run")
+    assert again.start_step > 0 and again.samples_per_s == 0.0
+    assert again.metrics == pytest.approx(first.metrics)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _sums(kind, logits, target, qtype=None, names=None, soft=False):
+    """Run a TaskModule's accumulation on one batch and return the metrics."""
+    from mmfuse.train.module import TaskModule
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = {"task": {"kind": kind, "num_outputs": logits.shape[1]}}
+
+        def forward(self, batch):
+            return h.ModelOutput(batch["logits"])
+
+    info = {"task": {"kind": kind, "num_outputs": logits.shape[1]}, "target_key": "y", "soft_targets": soft,
+            "qtype_names": names, "relational_qtypes": [1] if names else None}
+    cfg = {"model": {}, "train": {"loss": "auto", "label_smoothing": 0.0, "seed": 0}}
+    module = TaskModule(Fixed(), cfg, info)
+    module._start("test")
+    batch = {"logits": logits, "y": target}
+    if qtype is not None:
+        batch["qtype"] = qtype
+    module._update("test", batch)
+    sums = module._sums["test"].reduced()
+    return compute_metrics(sums, kind, soft_targets=soft, qtype_names=names, relational_qtypes=info["relational_qtypes"])
+
+
+def test_classification_metrics_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(50, 4)))
+    target = torch.from_numpy(rng.integers(0, 4, 50))
+    qtype = torch.from_numpy(rng.integers(0, 2, 50))
+    m = _sums("classification", logits, target, qtype, ["a", "b"])
+    pred = logits.argmax(1).numpy()
+    y = target.numpy()
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+    assert m["acc_a"] == pytest.approx((pred == y)[qtype.numpy() == 0].mean())
+    assert m["acc_relational"] == pytest.approx(m["acc_b"])
+    f1s = []
+    for c in sorted(set(y) | set(pred)):
+        tp, fp, fn = ((pred == c) & (y == c)).sum(), ((pred == c) & (y != c)).sum(), ((pred != c) & (y == c)).sum()
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    assert m["f1_macro"] == pytest.approx(np.mean(f1s))
+    assert m["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item())
+
+
+def test_multilabel_and_vqa_metrics():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-1.0, 1.0, -2.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.9, 0.3]])
+    m = _sums("multilabel", logits, target, soft=True)
+    # predictions: {0, 2} and {1}; truths (> 0.5): {0} and {1} -> tp 2, fp 1, fn 0
+    assert m["f1_micro"] == pytest.approx(2 * 2 / (2 * 2 + 1))
+    assert m["f1_macro"] == pytest.approx((1.0 + 1.0 + 0.0) / 3)
+    assert m["vqa_accuracy"] == pytest.approx((1.0 + 0.9) / 2)
+
+
+def test_regression_metrics_against_numpy():
+    rng = np.random.default_rng(1)
+    pred = rng.normal(size=40)
+    y = np.round(pred + rng.normal(scale=0.5, size=40), 1)
+    y[:3] = 0.0
+    m = _sums("regression", torch.from_numpy(pred[:, None]), torch.from_numpy(y))
+    assert m["mae"] == pytest.approx(np.abs(pred - y).mean())
+    assert m["mse"] == pytest.approx(((pred - y) ** 2).mean())
+    assert m["pearson"] == pytest.approx(np.corrcoef(pred, y)[0, 1])
+    assert m["acc2"] == pytest.approx(((pred >= 0) == (y >= 0)).mean())
+    nz = y != 0
+    assert m["acc2_nonzero"] == pytest.approx(((pred[nz] >= 0) == (y[nz] >= 0)).mean())
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_warmup_schedule(kind):
+    s = WarmupSchedule(4, 20, kind, min_ratio=0.1)
+    assert [s(i) for i in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert s(4) == pytest.approx(1.0)
+    assert s(20) == pytest.approx(1.0 if kind == "constant" else 0.1)
+    if kind == "cosine":
+        assert s(12) == pytest.approx(0.1 + 0.9 * 0.5)
+    if kind == "linear":
+        assert s(12) == pytest.approx(0.1 + 0.9 * 0.5)
+    values = [s(i) for i in range(4, 21)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_loaded_model_runs_in_eval_mode(tmp_path):
+    cfg = h.tiny_config("interactions")
+    cfg["train"]["max_epochs"] = 1
+    result = train(cfg, run_dir=tmp_path / "run")
+    model = load(result.checkpoint)
+    assert not model.training
