@@ -95,6 +95,11 @@ CONFIGS: dict[str, Config] = {
 }
 
 
+# 3-D inputs ([128, 36, D] = 4608 rows) are skipped where one call would take minutes on 2 cores
+# or its intermediate gigabytes: full cores (Tucker 4608 x 235^3, BLOCK-Tucker 4608 x 10 x 180^3
+# multiply-adds), the outer product (TFN) and per-row dynamic weights (DPP)
+SKIP_3D = ("bilinear", "tfn", "dpp", "tucker", "block_tucker")
+
 # ------------------------------------------------------------------ block.bootstrap
 
 
@@ -214,7 +219,12 @@ def gemm_time(module, xs, is_block, device, repeat) -> float:
     module.zero_grad(set_to_none=True)
     replays = []
     for func, layout, kwargs in rec.calls:
-        tensors = [torch.empty_strided(s, st, device=device, dtype=xs[0].dtype).normal_() for s, st in layout]
+        tensors = [
+            torch.empty_strided(s, st, device=device, dtype=xs[0].dtype).normal_()
+            if 0 not in st
+            else torch.randn(s, device=device, dtype=xs[0].dtype)  # a broadcast (stride-0) operand
+            for s, st in layout
+        ]
         replays.append((func, tensors, kwargs))
 
     def run():
@@ -376,7 +386,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fusions", default="*", help="fnmatch pattern over the configured fusions")
+    p.add_argument("--fusions", default="*", help="comma-separated fnmatch patterns over the configured fusions")
     p.add_argument("--shapes", default="2d,3d")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeat", type=int, default=5, help="timed calls per round (median)")
@@ -399,7 +409,8 @@ def main(argv=None) -> int:
     import fnmatch
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    names = [n for n in CONFIGS if fnmatch.fnmatchcase(n, args.fusions)]
+    patterns = [p.strip() for p in args.fusions.split(",")]
+    names = [n for n in CONFIGS if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     missing = sorted(set(mmfuse.list_fusions(kind="vector")) - set(CONFIGS))
     if args.block and block_module("mlb", CONFIGS["mlb"]) is None:
         print("block.bootstrap.pytorch not importable: mmfuse only", file=sys.stderr)
@@ -410,12 +421,13 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         for shape in args.shapes.split(","):
-            if name in ("bilinear", "tfn", "dpp") and shape == "3d":
+            if name in SKIP_3D and shape == "3d":
                 continue
             try:
                 rows.append(measure(name, shape, args, device, dtype))
             except RuntimeError as err:  # e.g. out of memory on a small machine
                 print(f"# {name} {shape}: {err}", file=sys.stderr)
+                continue
             print(render(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(render(rows))
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note and r.shape == "2d"]

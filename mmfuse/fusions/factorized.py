@@ -414,7 +414,8 @@ class ChunkLinear(nn.Module):
     """``C`` independent Linears ``s_in -> s_out`` applied to ``C`` chunks at once (one bmm).
 
     ``weight`` is ``Tensor[C, s_in, s_out]``, ``bias`` ``Tensor[C, s_out]``; initialised like
-    ``nn.Linear``. Tensor[N, C, s_in] -> Tensor[N, C, s_out].
+    ``nn.Linear``. Chunk-major layout in and out: Tensor[C, ..., s_in] -> Tensor[C, ..., s_out],
+    so that the wide ``R · s`` outputs are written once, contiguous, and never transposed.
     """
 
     def __init__(self, chunks: int, s_in: int, s_out: int, device=None, dtype=None):
@@ -424,11 +425,9 @@ class ChunkLinear(nn.Module):
         self.bias = nn.Parameter(uniform_(torch.empty(chunks, s_out, **kw), s_in))
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-2]
-        c, s_in = x.shape[-2], x.shape[-1]
-        xc = x.reshape(-1, c, s_in).transpose(0, 1)  # [C, N, s_in]
-        out = torch.baddbmm(self.bias.unsqueeze(1), xc, self.weight)  # [C, N, s_out]
-        return out.transpose(0, 1).reshape(*lead, c, -1)
+        c, lead = x.shape[0], x.shape[1:-1]
+        out = torch.baddbmm(self.bias.unsqueeze(1), x.reshape(c, -1, x.shape[-1]), self.weight)  # [C, N, s_out]
+        return out.view(c, *lead, out.shape[-1])
 
 
 class _ChunkedFusion(VectorFusion):
@@ -451,13 +450,16 @@ class _ChunkedFusion(VectorFusion):
 
     def fuse(self, *xs: Tensor) -> Tensor:
         hs = self.inputs(xs)
+        nd = max(h.dim() for h in hs)
+        hs = [h.view((1,) * (nd - h.dim()) + tuple(h.shape)) for h in hs]  # same rank: chunk-major broadcasts
         zs, start = [], 0
         for g, (count, size) in enumerate(self.groups):
-            parts = [h[..., start : start + count * size].unflatten(-1, (count, size)) for h in hs]  # [N, C_g, s]
-            z = self._chunk_interaction(g, parts)  # [N, C_g, s]
+            # chunk-major views [C_g, N, s]: the per-chunk products stay contiguous
+            parts = [h[..., start : start + count * size].unflatten(-1, (count, size)).movedim(-2, 0) for h in hs]
+            z = self._chunk_interaction(g, parts)  # [C_g, N, s]
             if self.normalize:
                 z = power_normalize(z)  # per chunk: over its s features
-            zs.append(z.flatten(-2))
+            zs.append(z.movedim(0, -2).flatten(-2))  # [N, C_g * s]
             start += count * size
         return self.head(torch.cat(zs, dim=-1) if len(zs) > 1 else zs[0])
 
@@ -524,9 +526,9 @@ class Block(_ChunkedFusion):
     def _chunk_interaction(self, group: int, parts: list[Tensor]) -> Tensor:
         m = None
         for lin, p in zip(self.merge[group], parts):
-            t = lin(p)  # [N, C_g, R*s]
+            t = lin(p)  # [C_g, N, R*s]
             m = t if m is None else m * t
-        return m.unflatten(-1, (self.rank, m.shape[-1] // self.rank)).sum(-2)  # [N, C_g, s]
+        return m.unflatten(-1, (self.rank, m.shape[-1] // self.rank)).sum(-2)  # [C_g, N, s]
 
     def expected_num_parameters(self) -> int:
         r, m = self.rank, len(self.in_dims)
@@ -591,15 +593,15 @@ class BlockTucker(_ChunkedFusion):
         )
 
     def _chunk_interaction(self, group: int, parts: list[Tensor]) -> Tensor:
-        x, y = parts  # [N, C, s] each
+        x, y = parts  # [C, N..., s] each
         core, bias = self.cores[group], self.core_biases[group]
         c, s = core.shape[0], core.shape[1]
-        lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
-        xc = x.expand(*lead, c, s).reshape(-1, c, s).transpose(0, 1)  # [C, N, s]
+        lead = torch.broadcast_shapes(x.shape[1:-1], y.shape[1:-1])
+        xc = x.expand(c, *lead, s).reshape(c, -1, s)  # [C, N, s]
         t = torch.bmm(xc, core.view(c, s, s * s)).view(c, -1, s, s)  # [C, N, s_out, s_y]
-        yc = y.expand(*lead, c, s).reshape(-1, c, s).transpose(0, 1).unsqueeze(-1)  # [C, N, s, 1]
+        yc = y.expand(c, *lead, s).reshape(c, -1, s, 1)  # [C, N, s, 1]
         z = (t @ yc).squeeze(-1) + bias.unsqueeze(1)  # [C, N, s]
-        return z.transpose(0, 1).reshape(*lead, c, s)
+        return z.view(c, *lead, s)
 
     def expected_num_parameters(self) -> int:
         return self.inputs.num_parameters() + sum(s**3 + s for s in self.sizes) + self.head.num_parameters()
