@@ -82,7 +82,7 @@ def test_train_config_errors_name_the_key(cache, tmp_path, capsys):
 def test_run_writes_the_leaderboard(cache, tmp_path, capsys):
     out = tmp_path / "board"
     assert main(["run", "--only", "concat_mlp,soft_attention", "--n-train", "12", "--epochs", "1", "--out", str(out),
-                 "--data.n_test", "4"]) == 0
+                 "--data.n_test", "4", "--data.batch_size", "32"]) == 0
     text = capsys.readouterr().out
     assert "| concat_mlp " in text and "| soft_attention " in text
     rows = list(csv.DictReader(open(out / "leaderboard.csv")))
@@ -91,5 +91,5 @@ def test_run_writes_the_leaderboard(cache, tmp_path, capsys):
     assert (out / "leaderboard.png").stat().st_size > 10000
     # a second run resumes: nothing is retrained
     assert main(["run", "--only", "concat_mlp,soft_attention", "--n-train", "12", "--epochs", "1", "--out", str(out),
-                 "--data.n_test", "4"]) == 0
+                 "--data.n_test", "4", "--data.batch_size", "32"]) == 0
     assert capsys.readouterr().out.count("already trained") == 2

@@ -340,8 +340,8 @@ class MLBAttention(AttentionFusion):
         alpha = _region_attention(self.score_fusion(v, q_vec.unsqueeze(1)), v_mask)  # [B, G, K]
         if self.custom_output:
             return AttentionOutput(self.output_fusion(glimpse_pool(alpha, v), q_vec), alpha, None, {})
-        v_hat = torch.einsum("bgk,bkd->bgd", alpha, v)  # [B, G, Dv]
-        hv = self.activation(self.glimpse_proj(self.drop_in(v_hat))).flatten(1)  # [B, G*H]
+        v_hat = torch.einsum("bgk,bkd->gbd", alpha, v)  # [G, B, Dv], glimpse-major for ChunkLinear
+        hv = self.activation(self.glimpse_proj(self.drop_in(v_hat))).transpose(0, 1).flatten(1)  # [B, G*H]
         hq = self.activation(self.q_proj(self.drop_in(q_vec)))  # [B, G*H]
         fused = self.out(self.drop_pre(hq * hv))
         return AttentionOutput(fused, alpha, None, {})
