@@ -143,6 +143,7 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (NullFormatter)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / max(1, len(rows))
@@ -154,7 +155,7 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     ax1.set_ylabel("test accuracy (%)")
     ax1.set_ylim(0, 100)
     ax1.set_title("Accuracy per question type")
-    ax1.legend(fontsize=8, loc="lower left")
+    ax1.legend(fontsize=8, ncol=min(len(rows), 6), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax1.grid(axis="y", alpha=0.3)
     families = sorted({r["family"] for r in rows})
     colours = {f: plt.cm.tab10(i) for i, f in enumerate(families)}
@@ -165,6 +166,7 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     for f in families:
         ax2.scatter([], [], color=colours[f], label=f)
     ax2.set_xscale("log")
+    ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.set_xlabel("parameters")
     ax2.set_ylabel("relational accuracy (%)")
     ax2.set_title("Relational accuracy vs size")
