@@ -33,6 +33,7 @@ __all__ = [
     "cache_dir",
     "config_hash",
     "dataset_cache_path",
+    "dataset_root",
     "atomic_write_bytes",
     "save_npz",
     "load_npz",
@@ -70,6 +71,11 @@ def config_hash(config: Mapping[str, Any], length: int = 10) -> str:
 def dataset_cache_path(name: str, version: int, seed: int, config: Mapping[str, Any]) -> Path:
     """Cache folder of one generated dataset, keyed by generator version, seed and config."""
     return cache_dir() / name / f"v{version}" / f"seed{seed}-{config_hash(config)}"
+
+
+def dataset_root(out_dir: str | os.PathLike[str] | None, name: str, version: int, config: Mapping[str, Any]) -> Path:
+    """``out_dir`` as a Path, or the cache folder of this dataset when it is ``None``."""
+    return dataset_cache_path(name, version, config["seed"], config) if out_dir is None else Path(out_dir)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._io import dataset_cache_path, is_complete_dataset, load_npz, read_dataset_meta, write_dataset
+from ._io import dataset_root, is_complete_dataset, load_npz, read_dataset_meta, write_dataset
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -247,10 +247,7 @@ def make_interactions(
         The folder with ``train.npz``, ``test.npz``, ``generator.npz`` and ``meta.json``.
     """
     config = _config(seed, n_train, n_test, dims, order, n_classes, rank, label_noise, lower_order_weight)
-    if out_dir is None:
-        root = dataset_cache_path(NAME, GENERATOR_VERSION, config["seed"], config)
-    else:
-        root = Path(out_dir)
+    root = dataset_root(out_dir, NAME, GENERATOR_VERSION, config)
     if not overwrite and is_complete_dataset(root, NAME, GENERATOR_VERSION, config):
         return root
     splits = generate_interactions(**config)

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._io import dataset_cache_path, is_complete_dataset, load_npz, read_dataset_meta, write_dataset
+from ._io import dataset_root, is_complete_dataset, load_npz, read_dataset_meta, write_dataset
 
 __all__ = [
     "ANSWER_VOCAB",
@@ -453,10 +453,7 @@ def make_sort_of_clevr(
         The folder holding ``train.npz``, ``test.npz`` and ``meta.json`` (written last).
     """
     config = _config(seed, n_train, n_test, n_nonrel, n_rel, n_distractors, region_noise)
-    if out_dir is None:
-        root = dataset_cache_path(NAME, GENERATOR_VERSION, config["seed"], config)
-    else:
-        root = Path(out_dir)
+    root = dataset_root(out_dir, NAME, GENERATOR_VERSION, config)
     if not overwrite and is_complete_dataset(root, NAME, GENERATOR_VERSION, config):
         return root
     splits = generate_sort_of_clevr(**config)
