@@ -147,6 +147,10 @@ class TransformerSpec:
         activation: the FFN's nonlinearity.
         ffn_dropout: dropout after the FFN's activation (MCAN's FC has it; BERT's FFN has not).
         eps: LayerNorm epsilon.
+        norm_first: pre-norm sublayers, ``x <- x + Dropout(f(LN(x)))`` (Xiong et al., ICML 2020,
+            "On layer normalization in the transformer architecture"), instead of the papers'
+            post-norm ``x <- LN(x + Dropout(f(x)))``; the model then owes a final LayerNorm per
+            stream. Same parameters either way.
 
     Parameters it implies: :meth:`attention_params`, :meth:`ffn_params`, :meth:`layer_params`.
 
@@ -163,6 +167,7 @@ class TransformerSpec:
     activation: ActivationArg = "gelu"
     ffn_dropout: float = 0.0
     eps: float = 1e-12
+    norm_first: bool = False
 
     def attention_params(self) -> int:
         """Parameters of one :class:`AttentionSublayer`: ``4·D·(D + 1) + 2·D``."""
@@ -197,10 +202,15 @@ class AttentionSublayer(nn.Module):
         self.attention = MultiHeadAttention(spec.dim, spec.heads, spec.dropout, device=device, dtype=dtype)
         self.dropout = dropout_or_identity(spec.dropout)
         self.norm = nn.LayerNorm(spec.dim, eps=spec.eps, device=device, dtype=dtype)
+        self.norm_first = spec.norm_first
 
     def forward(
         self, x: Tensor, c: Tensor, c_mask: Tensor | None = None, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
+        if self.norm_first:  # the context of self-attention is the normalised x; a cross context is used as given
+            xn = self.norm(x)
+            h, weights = self.attention(xn, xn if c is x else c, c_mask, need_weights)
+            return x + self.dropout(h), weights
         h, weights = self.attention(x, c, c_mask, need_weights)
         return self.norm(x + self.dropout(h)), weights
 
@@ -252,8 +262,11 @@ class FeedForwardSublayer(nn.Module):
         self.ffn = FeedForward(spec.dim, spec.ffn_dim, spec.activation, spec.ffn_dropout, **kw)
         self.dropout = dropout_or_identity(spec.dropout)
         self.norm = nn.LayerNorm(spec.dim, eps=spec.eps, **kw)
+        self.norm_first = spec.norm_first
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.norm_first:
+            return x + self.dropout(self.ffn(self.norm(x)))
         return self.norm(x + self.dropout(self.ffn(x)))
 
 
@@ -844,6 +857,10 @@ class MCAN(_TransformerFusion):
     - Words enter through a Linear ``q_dim -> D`` (the reference feeds its LSTM's D-dim states
       directly); regions through ``img_feat_linear`` as in the reference.
     - Masks are given, not derived from all-zero features.
+    - ``norm_first=True`` (not in the paper) makes every sublayer pre-norm and adds a final
+      LayerNorm to the encoder output (before the decoder's guided attention reads it) and to the
+      decoder output: on Sort-of-CLEVR the post-norm model at lr 1e-3 sat at chance for 4 epochs
+      before it started to learn (docs/BENCHMARKS.md, the main job).
 
     Args:
         v_dim, q_dim, out_dim: the contract.
@@ -851,6 +868,7 @@ class MCAN(_TransformerFusion):
         num_layers: L, for the encoder and the decoder alike (6).
         dropout: every dropout of the model (0.1). activation: the FFN's (ReLU).
         glimpses: G of both AttFlats (1). flat_mlp_dim: their MLP width (512).
+        norm_first: pre-norm sublayers plus two final LayerNorms (False, the paper's post-norm).
 
     Returns ``AttentionOutput``: ``fused`` Tensor[B, out_dim]; ``v_attn`` Tensor[B, G, K] and
     ``q_attn`` Tensor[B, G, T], the AttFlat weights; ``extras["v2q_attn"]`` Tensor[B, L, K, T],
@@ -859,7 +877,8 @@ class MCAN(_TransformerFusion):
 
     Parameters (``A = 4·D·(D + 1) + 2·D``, ``Φ = (D + 1)·F + (F + 1)·D + 2·D``,
     ``P_flat = (D + 1)·M + (M + 1)·G + (G·D + 1)·out_dim`` with ``M = flat_mlp_dim``):
-    ``(v_dim + 1)·D + (q_dim + 1)·D + L·(A + Φ) + L·(2·A + Φ) + 2·P_flat + 2·out_dim``.
+    ``(v_dim + 1)·D + (q_dim + 1)·D + L·(A + Φ) + L·(2·A + Φ) + 2·P_flat + 2·out_dim``, plus
+    ``4·D`` with ``norm_first``.
 
     Example::
 
@@ -884,6 +903,7 @@ class MCAN(_TransformerFusion):
         activation: ActivationArg = "relu",
         glimpses: int = 1,
         flat_mlp_dim: int = 512,
+        norm_first: bool = False,
         device=None,
         dtype=None,
     ):
@@ -893,14 +913,19 @@ class MCAN(_TransformerFusion):
             hidden_dim=hidden_dim, heads=heads, ffn_dim=ffn_dim, num_layers=num_layers, glimpses=glimpses,
             flat_mlp_dim=flat_mlp_dim,
         )
+        if not isinstance(norm_first, bool):
+            raise ValueError(f"{self.fusion_name}: norm_first must be a bool, got {norm_first!r}")
+        self.norm_first = norm_first
         self.hidden_dim, self.heads, self.ffn_dim, self.num_layers = hidden_dim, heads, ffn_dim, num_layers
         self.pooling, self.glimpses, self.flat_mlp_dim = "attflat", glimpses, flat_mlp_dim
         kw = dict(device=device, dtype=dtype)
-        self.spec = TransformerSpec(hidden_dim, heads, ffn_dim, dropout, activation, dropout, self._norm_eps)
+        self.spec = TransformerSpec(hidden_dim, heads, ffn_dim, dropout, activation, dropout, self._norm_eps, norm_first)
         self.v_embed = _Embed(v_dim, hidden_dim, False, 0.0, self._norm_eps, **kw)
         self.q_embed = _Embed(q_dim, hidden_dim, False, 0.0, self._norm_eps, **kw)
         self.encoder = nn.ModuleList(TransformerLayer(self.spec, **kw) for _ in range(num_layers))
         self.decoder = nn.ModuleList(SGALayer(self.spec, **kw) for _ in range(num_layers))
+        final = (lambda: nn.LayerNorm(hidden_dim, eps=self._norm_eps, **kw)) if norm_first else nn.Identity
+        self.q_final_norm, self.v_final_norm = final(), final()
         self.v_flat = self._flat("attflat", out_dim, glimpses, flat_mlp_dim, dropout, kw)
         self.q_flat = self._flat("attflat", out_dim, glimpses, flat_mlp_dim, dropout, kw)
         self.norm = nn.LayerNorm(out_dim, eps=self._norm_eps, **kw)
@@ -910,10 +935,12 @@ class MCAN(_TransformerFusion):
         hv, hq = self.v_embed(v), self.q_embed(q)  # [B, K, D], [B, T, D]
         for layer in self.encoder:
             hq = layer(hq, q_mask)
+        hq = self.q_final_norm(hq)
         maps = []
         for layer in self.decoder:
             hv, a_vq = layer(hv, hq, v_mask, q_mask)
             maps.append(a_vq)
+        hv = self.v_final_norm(hv)
         pv, v_attn = self.v_flat(hv, v_mask)  # [B, out], [B, G, K]
         pq, q_attn = self.q_flat(hq, q_mask)  # [B, out], [B, G, T]
         extras = {"v2q_attn": _zero_padded_rows(torch.stack(maps, dim=1), v_mask)}  # [B, L, K, T]
@@ -929,4 +956,5 @@ class MCAN(_TransformerFusion):
             + L * (2 * a + phi)
             + 2 * self._flat_params()
             + 2 * self.out_dim
+            + (4 * d if self.norm_first else 0)
         )

@@ -34,6 +34,7 @@ and is built by ``from_config``.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -173,7 +174,16 @@ class RegionEncoder(Encoder):
     Config: ``in_dim`` (required), ``dim`` (null = pass-through), ``hidden_dims`` ([]),
     ``center`` (false), ``box_key`` (batch key of Tensor[B, K, box_dim] geometry, null = none),
     ``box_dim`` (4), ``activation`` (relu), ``output_activation`` (relu; ``none`` leaves signed
-    features to the fusion, which helped BAN read coordinates), ``dropout`` (0, on the input).
+    features to the fusion, which helped BAN read coordinates), ``dropout`` (0, on the input),
+    ``fourier_columns`` ([]: input columns, e.g. the coordinates, that also get a sinusoidal
+    encoding), ``fourier_frequencies`` (4).
+
+    Fourier coordinates: each listed column ``x`` (after centring) is extended by
+    ``[sin(ω_k x), cos(ω_k x)]`` for ``ω_k = 2^k·π/2``, ``k < fourier_frequencies`` (the sine
+    position encodings of the transformer and DETR, on continuous coordinates). The dot product
+    of two such encodings is ``Σ_k cos(ω_k (x_i - x_j))``, a function of the displacement alone,
+    so a bilinear score (dot-product attention, MLB/MFB scoring) can compare positions of two
+    regions directly; the lowest frequency is monotone in ``|x_i - x_j|`` over [-1, 1].
     """
 
     name = "regions"
@@ -187,6 +197,8 @@ class RegionEncoder(Encoder):
         "activation": Field(activation_name, "relu"),
         "output_activation": Field(activation_name, "relu"),
         "dropout": Field(probability, 0.0),
+        "fourier_columns": Field(int_list, []),
+        "fourier_frequencies": Field(positive_int, 4),
     }
     extra_inputs = {"boxes": "box_key"}
 
@@ -200,10 +212,23 @@ class RegionEncoder(Encoder):
         hidden_dims: Sequence[int] = (),
         center: bool = False,
         output_activation: str | None = None,
+        fourier_columns: Sequence[int] = (),
+        fourier_frequencies: int = 4,
     ):
         super().__init__()
         self.in_dim, self.box_dim, self.center = in_dim, box_dim, center
         d_in = in_dim + (box_dim or 0)
+        bad = [c for c in fourier_columns if not 0 <= c < d_in]
+        if bad or len(set(fourier_columns)) != len(fourier_columns):
+            raise ValueError(
+                f"regions: fourier_columns must be distinct input columns in [0, {d_in}), got {list(fourier_columns)}"
+            )
+        if fourier_columns and fourier_frequencies < 1:
+            raise ValueError(f"regions: fourier_frequencies must be >= 1, got {fourier_frequencies}")
+        self.register_buffer("fourier_index", torch.tensor(list(fourier_columns), dtype=torch.long), persistent=False)
+        omegas = (math.pi / 2) * 2.0 ** torch.arange(fourier_frequencies if fourier_columns else 0)
+        self.register_buffer("fourier_omegas", omegas, persistent=False)
+        d_in += 2 * len(fourier_columns) * len(omegas)
         self.drop = dropout_or_identity(dropout)
         if dim is None:
             if hidden_dims:
@@ -229,15 +254,23 @@ class RegionEncoder(Encoder):
     def output_dim(cls, cfg: Mapping[str, Any]) -> int:
         if cfg["dim"] is not None:
             return cfg["dim"]
-        return cfg["in_dim"] + (cfg["box_dim"] if cfg["box_key"] else 0)
+        d_in = cfg["in_dim"] + (cfg["box_dim"] if cfg["box_key"] else 0)
+        return d_in + 2 * len(cfg["fourier_columns"]) * cfg["fourier_frequencies"]
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "RegionEncoder":
         box_dim = cfg["box_dim"] if cfg["box_key"] else None
         return cls(
             cfg["in_dim"], cfg["dim"], box_dim, cfg["activation"], cfg["dropout"], cfg["hidden_dims"], cfg["center"],
-            cfg["output_activation"],
+            cfg["output_activation"], cfg["fourier_columns"], cfg["fourier_frequencies"],
         )
+
+    def fourier(self, x: Tensor) -> Tensor:
+        """Tensor[..., d] -> Tensor[..., d + 2·C·F]: ``x`` then sin, cos of ``ω_k x_c`` (c-major)."""
+        if self.fourier_index.numel() == 0:
+            return x
+        angles = x[..., self.fourier_index].unsqueeze(-1) * self.fourier_omegas.to(x.dtype)  # [..., C, F]
+        return torch.cat([x, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, boxes: Tensor | None = None) -> Encoded:
         """x: Tensor[B, K, in_dim]; mask: Tensor[B, K] bool; boxes: Tensor[B, K, box_dim]."""
@@ -252,6 +285,7 @@ class RegionEncoder(Encoder):
             x = torch.cat([x, boxes.to(x.dtype)], dim=-1)  # [B, K, in_dim + box_dim]
         if self.center:
             x = 2 * x - 1
+        x = self.fourier(x)
         seq = self.proj(self.drop(x)) * mask.unsqueeze(-1).to(x.dtype)  # [B, K, D]
         return Encoded(seq, mask, masked_mean(seq, mask))
 

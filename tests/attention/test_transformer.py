@@ -355,6 +355,53 @@ def test_mcan_reference(kw):
         torch.testing.assert_close(out.extras["v2q_attn"][n], maps)
 
 
+def ref_pre_att_sub(sub, xs, cs, self_attention):
+    """Pre-norm: ``x + MHA(LN(x), LN(x) or the given context)``."""
+    xn = [layer_norm(sub.norm, x) for x in xs]
+    outs, maps = ref_mha(sub.attention, xn, xn if self_attention else cs)
+    return [x + o for x, o in zip(xs, outs)], maps
+
+
+def ref_pre_ffn_sub(sub, xs, act):
+    f = sub.ffn
+    return [x + lin(f.fc2, act(lin(f.fc1, layer_norm(sub.norm, x)))) for x in xs]
+
+
+@torch.no_grad()
+def test_mcan_pre_norm_reference():
+    f = small(MCAN, glimpses=2, norm_first=True)
+    for m in f.modules():  # non-trivial LayerNorm affine parameters
+        if isinstance(m, torch.nn.LayerNorm):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+    assert sum(p.numel() for p in f.parameters()) == f.expected_num_parameters()
+    assert f.expected_num_parameters() == small(MCAN, glimpses=2).expected_num_parameters() + 4 * f.hidden_dim
+    v, q, vm, qm = inputs()
+    out = f(v, q, v_mask=vm, q_mask=qm)
+    for n in range(B):
+        vi, ti = valid(vm[n]), valid(qm[n])
+        V = [embed(f.v_embed, v[n, i]) for i in vi]
+        Q = [embed(f.q_embed, q[n, t]) for t in ti]
+        for enc in f.encoder:
+            Q = ref_pre_ffn_sub(enc.ffn, ref_pre_att_sub(enc.self_attention, Q, Q, True)[0], relu)
+        Q = [layer_norm(f.q_final_norm, x) for x in Q]
+        maps = []
+        for dec in f.decoder:
+            V = ref_pre_att_sub(dec.self_attention, V, V, True)[0]
+            V, a = ref_pre_att_sub(dec.guided_attention, V, Q, False)
+            V = ref_pre_ffn_sub(dec.ffn, V, relu)
+            maps.append(scatter(a, vi, ti, K, T))
+        V = [layer_norm(f.v_final_norm, x) for x in V]
+        pv, av = ref_flat(f.v_flat, V, vi, K)
+        pq, aq = ref_flat(f.q_flat, Q, ti, T)
+        torch.testing.assert_close(out.fused[n], layer_norm(f.norm, pv + pq))
+        torch.testing.assert_close(out.v_attn[n], av)
+        torch.testing.assert_close(out.q_attn[n], aq)
+        torch.testing.assert_close(out.extras["v2q_attn"][n], torch.stack(maps))
+    with pytest.raises(ValueError, match="mcan: norm_first must be a bool, got 'yes'"):
+        small(MCAN, norm_first="yes")
+
+
 @torch.no_grad()
 def test_mcan_word_encoder_does_not_see_regions_and_fused_is_layer_normalised():
     f = small(MCAN)

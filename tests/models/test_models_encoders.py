@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 
@@ -105,6 +106,31 @@ def test_regions_hidden_layers():
     signed = RegionEncoder(10, 4, hidden_dims=[6], output_activation="none")
     l1, l2 = signed.proj[0], signed.proj[2]
     torch.testing.assert_close(signed(x).seq, torch.relu(x @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
+
+
+def test_regions_fourier_coordinates_values_and_config():
+    x = torch.rand(2, 3, 10)
+    enc = RegionEncoder(10, center=True, fourier_columns=[8, 9], fourier_frequencies=3)
+    assert enc.out_dim == 10 + 2 * 2 * 3
+    c = 2 * x - 1
+    feats = [c]
+    for fn in (torch.sin, torch.cos):
+        feats += [fn(math.pi / 2 * 2**k * c[..., col : col + 1]) for col in (8, 9) for k in range(3)]
+    torch.testing.assert_close(enc(x).seq, torch.cat(feats, dim=-1))
+    # the dot product of two encodings of one coordinate depends on the displacement alone
+    e = RegionEncoder(1, fourier_columns=[0], fourier_frequencies=4).fourier
+    a, b = torch.tensor([[0.1], [0.5]]), torch.tensor([[-0.3], [0.1]])  # both pairs 0.4 apart
+    dots = (e(a)[:, 1:] * e(b)[:, 1:]).sum(-1)
+    torch.testing.assert_close(dots[0], dots[1])
+    torch.testing.assert_close(dots[0], sum(torch.cos(torch.tensor(math.pi / 2 * 2**k * 0.4)) for k in range(4)))
+    proj = RegionEncoder(10, 6, fourier_columns=[8, 9], fourier_frequencies=2)
+    assert proj.proj[0].in_features == 10 + 8
+    assert RegionEncoder.output_dim({"dim": None, "in_dim": 10, "box_key": None, "box_dim": 4,
+                                     "fourier_columns": [8, 9], "fourier_frequencies": 2}) == 18
+    with pytest.raises(ValueError, match=r"regions: fourier_columns must be distinct input columns in \[0, 10\), got \[8, 10\]"):
+        RegionEncoder(10, fourier_columns=[8, 10])
+    with pytest.raises(ValueError, match="fourier_columns must be distinct"):
+        RegionEncoder(10, fourier_columns=[8, 8])
 
 
 def test_regions_bad_input_names_expectation():
