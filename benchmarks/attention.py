@@ -9,7 +9,8 @@ Every fusion registered with ``kind="attention"`` is measured (``mmfuse.list_fus
 ones are included without editing this file; ``CONFIGS`` only holds the few constructor
 arguments a method needs beyond the contract. Sizes are VQA's: batch 64, K = 36 and 100
 bottom-up regions of Dv = 2048, T = 14 word states of Dq = 1024 (questions of 4 to 14 valid
-words, all regions valid), out_dim 1024; every method runs with its paper defaults.
+words, all regions valid), out_dim 3000 (the size of VQA v2's answer vocabulary, ``--out``);
+every method runs with its paper defaults.
 
 Columns: ``f+b`` forward + backward of ``fused.sum()`` and ``fwd`` forward under no_grad (CPU:
 with ``--fwd``), medians in ms (train mode: dropout on); ``peak MB`` = peak extra memory of one forward +
@@ -58,7 +59,9 @@ def _load_vector_bench():
 
 vb = _load_vector_bench()
 
-V_DIM, Q_DIM, OUT_DIM = 2048, 1024, 1024
+V_DIM, Q_DIM = 2048, 1024
+DEFAULT_OUT_DIM = 3000
+OUT_DIM = DEFAULT_OUT_DIM  # set from --out in main()
 
 # constructor arguments beyond (v_dim, q_dim, out_dim) where a method needs them; the rest run
 # with their paper defaults
@@ -141,7 +144,8 @@ def _child(name: str, regions: int, args) -> None:
 def measure_cpu(name: str, regions: int, args) -> Row:
     cmd = [
         sys.executable, __file__, "--_child", name, str(regions), "--batch", str(args.batch), "--words",
-        str(args.words), "--repeat", str(args.repeat), "--threads", str(args.threads), *(["--fwd"] if args.fwd else []),
+        str(args.words), "--out", str(args.out), "--repeat", str(args.repeat), "--threads", str(args.threads),
+        *(["--fwd"] if args.fwd else []),
     ]
     row = Row(name, regions)
     try:
@@ -226,11 +230,13 @@ def select(patterns: str) -> list[str]:
 
 
 def main(argv=None) -> int:
+    global OUT_DIM
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fusions", default="*", help="comma-separated fnmatch patterns over the attention fusions")
     p.add_argument("--regions", default=None, help="K values (default: 36 on CPU, 36,100 on CUDA)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--words", type=int, default=14)
+    p.add_argument("--out", type=int, default=DEFAULT_OUT_DIM, help="out_dim of every fusion (3000, VQA v2's answers)")
     p.add_argument("--repeat", type=int, default=None, help="timed calls, median (default: 1 on CPU, 3 on CUDA)")
     p.add_argument("--fwd", action="store_true", help="CPU: also time the forward alone (always on CUDA)")
     p.add_argument("--threads", type=int, default=2)
@@ -241,6 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    OUT_DIM = args.out
     cuda = torch.device(args.device).type == "cuda"
     if args.quick:
         args.batch, args.regions, args.repeat = 16, "36", 1
