@@ -176,14 +176,19 @@ class RegionEncoder(Encoder):
     ``box_dim`` (4), ``activation`` (relu), ``output_activation`` (relu; ``none`` leaves signed
     features to the fusion, which helped BAN read coordinates), ``dropout`` (0, on the input),
     ``fourier_columns`` ([]: input columns, e.g. the coordinates, that also get a sinusoidal
-    encoding), ``fourier_frequencies`` (4).
+    encoding), ``fourier_frequencies`` (4), ``fourier_spacing`` (``octave``: ``ω_k = 2^k·π/2``;
+    ``linear``: ``ω_k = (k + 1)·π/2``).
 
     Fourier coordinates: each listed column ``x`` (after centring) is extended by
-    ``[sin(ω_k x), cos(ω_k x)]`` for ``ω_k = 2^k·π/2``, ``k < fourier_frequencies`` (the sine
-    position encodings of the transformer and DETR, on continuous coordinates). The dot product
-    of two such encodings is ``Σ_k cos(ω_k (x_i - x_j))``, a function of the displacement alone,
-    so a bilinear score (dot-product attention, MLB/MFB scoring) can compare positions of two
-    regions directly; the lowest frequency is monotone in ``|x_i - x_j|`` over [-1, 1].
+    ``[sin(ω_k x), cos(ω_k x)]`` for ``k < fourier_frequencies`` (the sine position encodings of
+    the transformer and DETR, on continuous coordinates). The dot product of two such encodings
+    is ``Σ_k cos(ω_k (x_i - x_j))``, a function of the displacement alone, so a bilinear score
+    (dot-product attention, MLB/MFB scoring) can compare positions of two regions directly; the
+    lowest frequency is monotone in ``|x_i - x_j|`` over [-1, 1]. ``linear`` spacing gives the
+    first harmonics of the displacement's Fourier series on [-2, 2], so a weighted sum of them
+    approximates any smooth function of the displacement, e.g. ``-(x_i - x_j)^2``, the
+    per-axis part of a squared Euclidean distance; ``octave`` reaches finer detail with fewer
+    frequencies but skips harmonics.
     """
 
     name = "regions"
@@ -199,6 +204,7 @@ class RegionEncoder(Encoder):
         "dropout": Field(probability, 0.0),
         "fourier_columns": Field(int_list, []),
         "fourier_frequencies": Field(positive_int, 4),
+        "fourier_spacing": Field(choice("octave", "linear"), "octave"),
     }
     extra_inputs = {"boxes": "box_key"}
 
@@ -214,6 +220,7 @@ class RegionEncoder(Encoder):
         output_activation: str | None = None,
         fourier_columns: Sequence[int] = (),
         fourier_frequencies: int = 4,
+        fourier_spacing: str = "octave",
     ):
         super().__init__()
         self.in_dim, self.box_dim, self.center = in_dim, box_dim, center
@@ -226,7 +233,10 @@ class RegionEncoder(Encoder):
         if fourier_columns and fourier_frequencies < 1:
             raise ValueError(f"regions: fourier_frequencies must be >= 1, got {fourier_frequencies}")
         self.register_buffer("fourier_index", torch.tensor(list(fourier_columns), dtype=torch.long), persistent=False)
-        omegas = (math.pi / 2) * 2.0 ** torch.arange(fourier_frequencies if fourier_columns else 0)
+        if fourier_spacing not in ("octave", "linear"):
+            raise ValueError(f"regions: fourier_spacing must be 'octave' or 'linear', got {fourier_spacing!r}")
+        k = torch.arange(fourier_frequencies if fourier_columns else 0, dtype=torch.float32)
+        omegas = (math.pi / 2) * (2.0**k if fourier_spacing == "octave" else k + 1)
         self.register_buffer("fourier_omegas", omegas, persistent=False)
         d_in += 2 * len(fourier_columns) * len(omegas)
         self.drop = dropout_or_identity(dropout)
@@ -262,7 +272,7 @@ class RegionEncoder(Encoder):
         box_dim = cfg["box_dim"] if cfg["box_key"] else None
         return cls(
             cfg["in_dim"], cfg["dim"], box_dim, cfg["activation"], cfg["dropout"], cfg["hidden_dims"], cfg["center"],
-            cfg["output_activation"], cfg["fourier_columns"], cfg["fourier_frequencies"],
+            cfg["output_activation"], cfg["fourier_columns"], cfg["fourier_frequencies"], cfg["fourier_spacing"],
         )
 
     def fourier(self, x: Tensor) -> Tensor:
