@@ -1,6 +1,10 @@
 """Micro-benchmark of every vector fusion: parameters, forward and forward+backward time, peak
 memory, the time of the fusion's own GEMMs alone, and block.bootstrap.pytorch side by side.
 
+The measurement core (timing, GEMM replay, peak memory, machine line) is
+:mod:`mmfuse.bench.micro`, shared with ``mmfuse bench fusions``; this script keeps the VQA-sized
+configurations and the block.bootstrap comparison.
+
     python benchmarks/fusions.py                        # CPU, 2 threads, float32, 2-D and 3-D inputs
     python benchmarks/fusions.py --fusions "mf*" --shapes 2d --repeat 20
     python benchmarks/fusions.py --device cuda --batch 2048 --autocast bf16 --compile --square-baseline
@@ -23,19 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import mmfuse
+from mmfuse.bench import micro
+from mmfuse.bench.micro import GemmRecorder, machine  # noqa: F401  (re-exported: benchmarks/attention.py)
+
+# the measurement core lives in mmfuse.bench.micro; these names are kept for benchmarks/attention.py
+_time, _sync, _status_mb, _fmt = micro.time_ms, micro.sync, micro.status_mb, micro.fmt
 
 IN_DIMS, OUT_DIM = (2400, 2048), 3000
 NO_DROPOUT = {"dropout_input": 0.0, "dropout_pre_lin": 0.0}
@@ -141,29 +144,6 @@ def block_module(name: str, cfg: Config):
 # ------------------------------------------------------------------ measurement
 
 
-GEMM_OPS = {
-    torch.ops.aten.mm.default,
-    torch.ops.aten.addmm.default,
-    torch.ops.aten.bmm.default,
-    torch.ops.aten.baddbmm.default,
-}
-
-
-class GemmRecorder(TorchDispatchMode):
-    """Records every GEMM (op, sizes and strides of its tensor arguments)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[Any, list[tuple[tuple[int, ...], tuple[int, ...]]], dict]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in GEMM_OPS:
-            layout = [(tuple(a.shape), tuple(a.stride())) for a in args if isinstance(a, torch.Tensor)]
-            self.calls.append((func, layout, dict(kwargs)))
-        return func(*args, **kwargs)
-
-
 def _inputs(cfg: Config, shape: str, batch: int, device, dtype, flat: bool):
     g = torch.Generator().manual_seed(0)
     lead = (batch,) if shape == "2d" else (batch, 36)
@@ -172,66 +152,13 @@ def _inputs(cfg: Config, shape: str, batch: int, device, dtype, flat: bool):
     return [torch.randn(*lead, d, generator=g).to(device=device, dtype=dtype) for d in cfg.in_dims]
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def _runner(module, xs, is_block: bool, autocast: str | None, device):
-    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast == "bf16" else None
-
-    def call():
-        args = [x.detach().requires_grad_(x.requires_grad) for x in xs]
-        if ctx is None:
-            return module(list(args)) if is_block else module(*args)
-        with ctx():
-            return module(list(args)) if is_block else module(*args)
-
-    def fwd():
-        with torch.no_grad():
-            call()
-
-    def fwd_bwd():
-        call().float().sum().backward()
-
-    return fwd, fwd_bwd
+    return micro.runners(module, xs, list_input=is_block, autocast=autocast, device=device)
 
 
 def gemm_time(module, xs, is_block, device, repeat) -> float:
     """Time of the GEMMs that one forward + backward runs, replayed alone."""
-    rec = GemmRecorder()
-    _, fb = _runner(module, xs, is_block, None, device)
-    with rec:
-        fb()
-    module.zero_grad(set_to_none=True)
-    replays = []
-    for func, layout, kwargs in rec.calls:
-        tensors = [
-            torch.empty_strided(s, st, device=device, dtype=xs[0].dtype).normal_()
-            if 0 not in st
-            else torch.randn(s, device=device, dtype=xs[0].dtype)  # a broadcast (stride-0) operand
-            for s, st in layout
-        ]
-        replays.append((func, tensors, kwargs))
-
-    def run():
-        for func, tensors, kwargs in replays:
-            func(*tensors, **kwargs)
-
-    return _time(run, device, repeat)
+    return micro.gemm_time(module, xs, is_block, device, repeat)
 
 
 def peak_memory_mb(name: str, impl: str, shape: str, args) -> float | None:
@@ -240,17 +167,7 @@ def peak_memory_mb(name: str, impl: str, shape: str, args) -> float | None:
         sys.executable, __file__, "--_memory", name, impl, shape,
         "--batch", str(args.batch), "--threads", str(args.threads),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    try:
-        return float(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-    return kb / 1024
+    return micro.child_peak_mb(cmd)
 
 
 def _measure_memory_child(name: str, impl: str, shape: str, batch: int) -> None:
@@ -264,12 +181,12 @@ def _measure_memory_child(name: str, impl: str, shape: str, batch: int) -> None:
     xs = _inputs(cfg, shape, batch, torch.device("cpu"), torch.float32, flat=impl == "block")
     for x in xs:
         x.requires_grad_(True)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak resident set size (VmHWM) to the current one
-    base = _status_mb("VmRSS")
-    out = module(list(xs)) if impl == "block" else module(*xs)
-    out.sum().backward()
-    print(f"{_status_mb('VmHWM') - base:.1f}")
+
+    def fwd_bwd():
+        out = module(list(xs)) if impl == "block" else module(*xs)
+        out.sum().backward()
+
+    print(f"{micro.peak_rss_mb(fwd_bwd):.1f}")
 
 
 @dataclass
@@ -340,21 +257,12 @@ def measure(name: str, shape: str, args, device, dtype) -> Row:
             for impl, (mod, f) in {"mmfuse": (m, fb), "block": (b, bfb if b is not None else None)}.items():
                 if mod is None:
                     continue
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                f()
-                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-                setattr(row, "peak" if impl == "mmfuse" else "block_peak", peak)
+                setattr(row, "peak" if impl == "mmfuse" else "block_peak", micro.cuda_peak_mb(f))
         else:
             row.peak = peak_memory_mb(name, "mmfuse", shape, args)
             if b is not None:
                 row.block_peak = peak_memory_mb(name, "block", shape, args)
     return row
-
-
-def _fmt(v, spec=".1f"):
-    return "" if v is None else format(v, spec)
 
 
 def render(rows: list[Row]) -> str:
@@ -372,16 +280,6 @@ def render(rows: list[Row]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> int:

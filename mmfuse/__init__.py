@@ -9,7 +9,7 @@ The fusion core (this package's registry, ``functional``, ``layers`` and ``fusio
 only torch.
 """
 
-from . import attention, fusions  # noqa: F401  (registers the fusions)
+from . import attention, fusions, search  # noqa: F401  (registers the fusions)
 from ._registry import FusionInfo, create_fusion, fusion_info, list_fusions, register_fusion
 
 __version__ = "0.1.0"

@@ -8,6 +8,9 @@
     mmfuse eval CKPT [--split test] [--key VALUE ...]                 evaluate a saved model (data overrides)
     mmfuse predict CKPT --image IMG --question TEXT [--attention out.png]
     mmfuse run [--pixels] [--out DIR] [--epochs N] [--only a,b]        the main job: the leaderboard
+    mmfuse bench leaderboard [--tasks ...] [--fusions PATTERN] [--seeds N] [--quick] [--robustness]
+    mmfuse bench fusions [--fusions PATTERN] [--batch B] [--device cuda]  the fusion micro-benchmark
+    mmfuse search [CONFIG] [--out DIR] [--section.key VALUE ...]       fusion architecture search (MFAS)
 """
 
 from __future__ import annotations
@@ -215,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default=None, help="comma-separated entries to train")
     p.set_defaults(func=_cmd_run, extra=[])
+
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
+
+    from .search.cli import add_search_parser
+
+    add_search_parser(sub)
     return parser
 
 
@@ -222,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        takes_extra = args.command in ("train", "eval", "run") or (args.command == "data" and args.action == "make")
+        takes_extra = args.command in ("train", "eval", "run", "search") or (args.command == "data" and args.action == "make")
         if not takes_extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra

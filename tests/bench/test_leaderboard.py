@@ -1,0 +1,150 @@
+"""The leaderboard: a tiny run (2 fusions + 1 skipped, 1 task, 2 seeds), its table, resuming."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+import torch
+
+import mmfuse
+from mmfuse.bench import leaderboard as lb
+from mmfuse.train import train
+
+TINY = {"n_train": 300, "n_test": 120}
+
+
+class CountingTrain:
+    """The real trainer, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, config, **kwargs):
+        self.calls.append(config["name"])
+        return train(config, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("leaderboard")
+    counter = CountingTrain()
+    lines: list[str] = []
+    result = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf,san", seeds=2, budget={"epochs": 2},
+                                      out_dir=out, train_fn=counter, log=lines.append, device="cpu", **TINY)
+    return result, counter, lines
+
+
+def test_table_mean_and_std_from_the_seeds(tiny):
+    result, counter, _ = tiny
+    assert sorted(counter.calls) == sorted(f"interactions_o1-{f}-seed{s}" for f in ("concat", "lmf") for s in (0, 1))
+    stored = json.loads((result.out_dir / "results.json").read_text())["entries"]
+    assert set(stored) == {f"interactions_o1/{f}/seed{s}" for f in ("concat", "lmf") for s in (0, 1)}
+    rows = {r["fusion"]: r for r in result.rows}
+    assert set(rows) == {"concat", "lmf"}
+    for fusion, row in rows.items():
+        seeds = [stored[f"interactions_o1/{fusion}/seed{s}"] for s in (0, 1)]
+        accs = [e["accuracy"] for e in seeds]
+        assert row["seeds"] == 2
+        assert row["accuracy_mean"] == pytest.approx((accs[0] + accs[1]) / 2, abs=1e-12)
+        assert row["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5, abs=1e-12)  # sample std, n=2
+        assert row["train_s_mean"] == pytest.approx(statistics.fmean(e["train_s"] for e in seeds))
+        assert row["latency_ms_mean"] == pytest.approx(statistics.fmean(e["latency_ms"] for e in seeds))
+        assert row["family"] == mmfuse.fusion_info(fusion).family
+        for e in seeds:
+            assert 0.0 <= e["accuracy"] <= 1.0 and e["latency_ms"] > 0 and e["train_s"] > 0
+            assert [p["epoch"] for p in e["curve"]] == [1, 2]
+            assert e["plateau_epoch"] == lb.plateau(e["curve"])["plateau_epoch"]
+            assert e["knobs"] == lb.PRESETS[fusion]
+            # the model saved by the run holds the parameters the table reports
+            assert e["params"] == sum(p.numel() for p in mmfuse.train.load(e["checkpoint"]).parameters())
+        cell = f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f}"
+        assert f"| {fusion} | {row['family']} |" in result.markdown and cell in result.markdown
+    # lmf sees the same task with more parameters than concat's linear read-out of [x0; x1]
+    assert rows["lmf"]["params_mean"] > rows["concat"]["params_mean"]
+    table = list(csv.DictReader((result.out_dir / "leaderboard.csv").open()))
+    assert {r["fusion"] for r in table} == {"concat", "lmf"}
+    assert float(next(r for r in table if r["fusion"] == "lmf")["accuracy_mean"]) == pytest.approx(rows["lmf"]["accuracy_mean"])
+    assert (result.out_dir / "leaderboard.md").read_text() == result.markdown
+
+
+def test_incompatible_fusion_is_skipped_with_its_reason(tiny):
+    result, _, lines = tiny
+    reason = result.skipped["interactions_o1/san"]
+    assert "attention fusion" in reason and "interactions_o1" in reason
+    assert any(line.startswith("[interactions_o1/san] skipped: attention fusion") for line in lines)
+    assert f"- san: {reason}" in result.markdown
+    assert not any(k.startswith("interactions_o1/san/") for k in result.entries)
+    assert lb.incompatibility("interactions_o3", "mrn") == "takes 2 modalities, interactions_o3 has 3"
+    assert lb.incompatibility("interactions_o3", "tfn") is None
+    assert lb.incompatibility("soc", "ban") is None and lb.incompatibility("soc", "mfh") is None
+
+
+def test_rerun_resumes_without_retraining(tiny):
+    result, _, _ = tiny
+    again = CountingTrain()
+    rerun = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf,san", seeds=2, budget={"epochs": 2},
+                                     out_dir=result.out_dir, train_fn=again, log=lambda s: None, device="cpu",
+                                     plots=False, **TINY)
+    assert again.calls == []
+    assert rerun.trained == 0
+    assert [(r["fusion"], r["accuracy_mean"]) for r in rerun.rows] == [(r["fusion"], r["accuracy_mean"]) for r in result.rows]
+    # a third seed trains only the new entries; a changed budget retrains
+    more = CountingTrain()
+    lb.run_leaderboard_bench(["interactions_o1"], "concat", seeds=[0, 2], budget={"epochs": 2}, out_dir=result.out_dir,
+                             train_fn=more, log=lambda s: None, device="cpu", plots=False, **TINY)
+    assert more.calls == ["interactions_o1-concat-seed2"]
+
+
+def test_plots_are_png_files(tiny):
+    result, _, _ = tiny
+    names = {p.name for p in result.plots}
+    assert names == {"interactions_o1_accuracy_vs_params.png", "interactions_o1_accuracy_vs_time.png"}
+    for p in result.plots:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plateau_and_budget_and_presets():
+    points = [{"epoch": 1, "seconds": 1.0, "val_accuracy": 0.50}, {"epoch": 2, "seconds": 2.0, "val_accuracy": 0.796},
+              {"epoch": 3, "seconds": 3.0, "val_accuracy": 0.80}, {"epoch": 4, "seconds": 4.0, "val_accuracy": 0.79}]
+    assert lb.plateau(points) == {"plateau_epoch": 2, "plateau_s": 2.0, "best_val_accuracy": 0.80}
+    assert lb.plateau(points[:1] + points[3:])["plateau_epoch"] == 4  # 0.79 is the best there
+    assert lb.plateau([]) == {"plateau_epoch": None, "plateau_s": None, "best_val_accuracy": None}
+    cfg = lb.task_config("soc", "ban", seed=3, budget={"steps": 50})
+    assert (cfg["train"]["max_epochs"], cfg["train"]["max_steps"], cfg["train"]["seed"]) == (-1, 50, 3)
+    assert cfg["model"]["inputs"]["q"]["feed"] == "sequence" and cfg["model"]["fusion"]["glimpses"] == 2
+    assert lb.task_config("soc", "mlb")["model"]["inputs"]["q"]["feed"] == "vector"
+    assert lb.task_config("interactions_o2", "tfn", budget=7)["train"]["max_epochs"] == 7
+    for bad in (0, {"epoch": 3}, {"steps": -1}, True):
+        with pytest.raises(ValueError, match="budget"):
+            lb.task_config("soc", "mlb", budget=bad)
+    # every registered fusion has a preset (or a scaled tiny one), and none is wider than ~64
+    # except MCB's sketch
+    for name in mmfuse.list_fusions():
+        knobs, source = lb.preset_for(name)
+        assert source in ("PRESETS", "registry tiny, scaled")
+        assert all(v <= 64 for k, v in knobs.items() if k == "hidden_dim" and not name.startswith("mcb"))
+    tiny = {"hidden_dim": 4, "hidden_dims": (6, 5), "factor": 2, "fusion_kwargs": {"chunks": 3, "mlp_dim": 8}}
+    assert {k: lb._scale(v, k) for k, v in tiny.items()} == {
+        "hidden_dim": 64, "hidden_dims": [64, 64], "factor": 2, "fusion_kwargs": {"chunks": 3, "mlp_dim": 64}}
+    with pytest.raises(ValueError, match="known tasks: soc, soc_bits, soc_pixels"):
+        lb.check_tasks(["soc", "interactions_o4"])
+
+
+def test_a_failing_entry_is_reported_and_retried(tmp_path):
+    def flaky(config, **kwargs):
+        if "-lmf-" in config["name"]:
+            raise RuntimeError("boom")
+        return train(config, **kwargs)
+
+    kw = dict(seeds=1, budget=1, out_dir=tmp_path, log=lambda s: None, device="cpu", plots=False, **TINY)
+    result = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf", train_fn=flaky, **kw)
+    assert result.failed == {"interactions_o1/lmf/seed0": "RuntimeError: boom"}
+    assert [r["fusion"] for r in result.rows] == ["concat"]
+    assert "- interactions_o1/lmf/seed0: RuntimeError: boom" in result.markdown
+    counter = CountingTrain()
+    again = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf", train_fn=counter, **kw)
+    assert counter.calls == ["interactions_o1-lmf-seed0"] and again.failed == {}

@@ -1,0 +1,102 @@
+"""Plots from summary rows, and the ``mmfuse bench`` command line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmfuse import cli
+from mmfuse.bench import leaderboard as lb
+from mmfuse.bench import plots
+from mmfuse.bench.cli import parse_tasks
+from mmfuse.bench.robustness import NOISE_LEVELS
+
+PNG = b"\x89PNG\r\n\x1a\n"
+QTYPES = ("shape", "left", "top", "closest", "furthest", "count")
+
+
+def _entries():
+    """Per-seed entries of 3 fusions on soc, with robustness results."""
+    out = []
+    for i, (fusion, family) in enumerate((("concat", "simple"), ("mlb", "bilinear"), ("ban", "bilinear attention"))):
+        for seed in (0, 1):
+            acc = 0.5 + 0.1 * i + 0.02 * seed
+            curve = [acc - 0.03 * k * (3 - i) / 3 for k in range(11)]
+            out.append({
+                "task": "soc", "fusion": fusion, "family": family, "kind": "vector", "seed": seed, "accuracy": acc,
+                "params": 10_000 * 10 ** i, "fusion_params": 5000, "train_s": 10.0 + i, "plateau_epoch": 2 + seed,
+                "plateau_s": 5.0, "latency_ms": 1.0, **{f"acc_{q}": acc - 0.01 * j for j, q in enumerate(QTYPES)},
+                "robustness": {"levels": list(NOISE_LEVELS),
+                               "clean": acc, "modalities": {m: {"noise": curve, "missing": acc / 2} for m in ("v", "q")}},
+            })
+    return out
+
+
+def test_summary_robustness_columns_and_every_plot(tmp_path):
+    rows = lb.summarize(_entries(), QTYPES)
+    lb.add_effective_robustness(rows, "concat")
+    by = {r["fusion"]: r for r in rows}
+    assert [r["fusion"] for r in rows] == ["ban", "mlb", "concat"]  # best first
+    assert by["mlb"]["acc_left_mean"] == pytest.approx((0.6 - 0.01) + 0.01)  # mean of 0.59 and 0.61
+    assert by["concat"]["effective_v"] == 0.0
+    # mlb drops 2/3 as fast as concat: sum_k 0.03 k (1 - 2/3) = 0.01 * 55
+    assert by["mlb"]["effective_v"] == pytest.approx(0.55)
+    assert by["ban"]["missing_q_mean"] == pytest.approx((0.7 + 0.72) / 4)
+    md = lb.format_markdown(rows, {"soc/tfn": "why not"}, QTYPES)
+    assert "Robustness, soc" in md and "- tfn: why not" in md
+    assert "| mlb | 61.0 | 30.5 ± 0.7 |" in md  # clean mean; missing v: mean and std of 0.30, 0.31
+    files = plots.plot_all(rows, tmp_path, qtypes=QTYPES)
+    assert sorted(p.name for p in files) == sorted(
+        f"soc_{k}.png" for k in ("accuracy_vs_params", "accuracy_vs_time", "robustness", "qtypes"))
+    for p in files:
+        assert p.read_bytes()[:8] == PNG
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+def test_parse_tasks_and_unknown_task_error(capsys):
+    assert parse_tasks(None) is None
+    assert parse_tasks(["soc,soc_bits", "interactions_o2", "soc"]) == ["soc", "soc_bits", "interactions_o2"]
+    with pytest.raises(ValueError, match=r"unknown task 'pixels'.*known tasks: soc, soc_bits, soc_pixels, interactions_o1"):
+        parse_tasks(["pixels"])
+    assert cli.main(["bench", "leaderboard", "--tasks", "interactions_o9"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'interactions_o9'" in err and "interactions_o3" in err
+
+
+def test_parser_options_and_argparse_errors(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["bench", "leaderboard", "--tasks", "soc", "soc_bits", "--fusions", "mf*", "--seeds", "2",
+                              "--steps", "40", "--robustness", "--out", "x"])
+    assert (args.tasks, args.fusions, args.seeds, args.steps, args.epochs, args.robustness, args.quick, args.out) == (
+        ["soc", "soc_bits"], "mf*", 2, 40, None, True, False, "x")
+    args = parser.parse_args(["bench", "fusions", "--batch", "8", "--preset", "small"])
+    assert (args.bench_command, args.batch, args.preset, args.fusions) == ("fusions", 8, "small", "*")
+    for bad in (["bench", "leaderboard", "--seeds", "0"], ["bench", "leaderboard", "--epochs", "2", "--steps", "3"],
+                ["bench"], ["bench", "fusions", "--preset", "huge"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "fusions", "--bogus", "1"])
+    assert "unrecognized arguments: --bogus 1" in capsys.readouterr().err
+
+
+def test_bench_fusions_runs(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert cli.main(["bench", "fusions", "--fusions", "mlb,san", "--batch", "4", "--dim", "16", "--regions", "3",
+                     "--words", "2", "--repeat", "1", "--no-memory", "--preset", "small", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| mlb | vector | bilinear |" in text and "| san | attention | attention |" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["mlb", "san"] and all(r["fb"] > 0 and r["params"] > 0 for r in rows)
+    assert cli.main(["bench", "fusions", "--fusions", "nothing*"]) == 2
+    assert "no registered fusion matches 'nothing*'" in capsys.readouterr().err
+
+
+def test_bench_leaderboard_command(tmp_path, capsys):
+    code = cli.main(["bench", "leaderboard", "--tasks", "interactions_o1", "--fusions", "concat", "--seeds", "1",
+                     "--epochs", "1", "--n-train", "200", "--n-test", "60", "--out", str(tmp_path), "--no-plots",
+                     "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "### interactions_o1" in out and "| concat | simple |" in out
+    assert json.loads((tmp_path / "results.json").read_text())["entries"].keys() == {"interactions_o1/concat/seed0"}
