@@ -155,11 +155,11 @@ TASKS: dict[str, Task] = {
 }
 DEFAULT_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if not t.gpu)
 
-# ``--quick``: every registered fusion on one small task, within 30 minutes on 2 CPU cores
-# (measured with one thread: 3 to 20 s of training per entry; all 20 fitting fusions, one seed, with
-# --robustness: 2 min 9 s, so the 3 seeds take about 7 min; the attention fusions are skipped with their reason)
-QUICK: dict[str, Any] = {"tasks": ("interactions_o2",), "seeds": 3, "budget": {"epochs": 10}, "n_train": 10000,
-                         "n_test": 2000}
+# ``--quick``: every registered fusion (vector and attention) on one small task, one seed, within 30
+# minutes on 2 CPU cores: Sort-of-CLEVR on region features, 2,000 training scenes (docs/BENCHMARKS.md
+# has the measured time). ``--quick --tasks interactions_o2 --seeds 3`` is the vector-fusion variant
+# (20 fitting fusions, one seed with --robustness: 2 min 9 s measured with one thread).
+QUICK: dict[str, Any] = {"tasks": ("soc",), "seeds": 1, "budget": {"epochs": 8}, "n_train": None, "n_test": None}
 
 _NO_DROPOUT = {"dropout_input": 0.0, "dropout_pre_lin": 0.0}
 _TRANSFORMER = {"hidden_dim": HIDDEN, "heads": 4, "ffn_dim": 2 * HIDDEN, "flat_mlp_dim": HIDDEN, "dropout": 0.0}
@@ -245,8 +245,10 @@ def _input_specs(task: Task, kind: str) -> dict[str, dict[str, Any]]:
         return {f"x{m}": {"encoder": "vector", "key": f"x{m}", "in_dim": task.data["dims"][m]} for m in range(task.modalities)}
     image, question = task.inputs
     if image == "regions":
+        # the encoder of ``mmfuse run``: centred features + sin/cos of the centre (columns 8, 9)
         v = {"encoder": "regions", "key": "regions", "mask_key": "region_mask", "in_dim": 10, "hidden_dims": [HIDDEN],
-             "dim": HIDDEN, "center": True, "output_activation": "none"}
+             "dim": HIDDEN, "center": True, "output_activation": "none", "fourier_columns": [8, 9],
+             "fourier_frequencies": 4}
     else:
         v = {"encoder": "cnn", "key": "image", "in_channels": 3, "channels": 24, "num_layers": 4, "coords": True,
              "dim": HIDDEN}
