@@ -11,6 +11,7 @@
     mmfuse bench leaderboard [--tasks ...] [--fusions PATTERN] [--seeds N] [--quick] [--robustness]
     mmfuse bench fusions [--fusions PATTERN] [--batch B] [--device cuda]  the fusion micro-benchmark
     mmfuse search [CONFIG] [--out DIR] [--section.key VALUE ...]       fusion architecture search (MFAS)
+    mmfuse viz CKPT [--out DIR] [--n N] [--split test]                 attention maps on a few questions (PNGs)
 """
 
 from __future__ import annotations
@@ -226,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .search.cli import add_search_parser
 
     add_search_parser(sub)
+
+    from .viz.cli import add_viz_parser
+
+    add_viz_parser(sub)
     return parser
 
 

@@ -1,0 +1,134 @@
+"""mmfuse.viz.gallery and `mmfuse viz`: the maps drawn are the model's, one PNG per question."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mmfuse
+from mmfuse.attention._base import AttentionOutput
+from mmfuse.cli import main
+from mmfuse.data import sort_of_clevr as soc
+from mmfuse.viz.gallery import attention_gallery, attention_panels, gallery_data, select_questions
+
+
+def direct_call(model_dir, root, index):
+    """The model's output on test question ``index``, from a batch built here from the raw arrays."""
+    a = soc.load_sort_of_clevr(root).splits["test"]
+    img, q = divmod(index, a["qtype"].shape[1])
+    length = int(a["question_len"][img, q])
+    batch = {
+        "regions": torch.from_numpy(a["regions"][img : img + 1]),
+        "region_mask": torch.from_numpy(a["region_mask"][img : img + 1]),
+        "question_tokens": torch.from_numpy(a["question_tokens"][img : img + 1, q, :length].astype(np.int64)),
+        "question_mask": torch.ones(1, length, dtype=torch.bool),
+    }
+    with torch.no_grad():
+        return mmfuse.load(model_dir)(batch), a, img, q
+
+
+def test_dan_maps_are_the_models_hop_maps(dan_model, soc_root):
+    items = gallery_data(dan_model, n=6, seed=1)
+    assert len(items) == 6
+    for item in items:
+        out, a, img, q = direct_call(dan_model, soc_root, item.index)
+        hops = out.attention.extras["v_attn_hops"][0].numpy()  # [2, K]
+        words = out.attention.extras["q_attn_hops"][0].numpy()  # [2, T]
+        assert item.region_labels == ["hop 1", "hop 2"] and item.word_labels == ["hop 1", "hop 2"]
+        np.testing.assert_array_equal(item.region_maps, hops)
+        np.testing.assert_array_equal(item.word_maps, words)
+        assert not np.allclose(hops[0], hops[1])  # two different hops, not one map twice
+        np.testing.assert_allclose(item.region_maps.sum(-1), 1.0, atol=1e-5)
+        probs = torch.softmax(out.logits[0], -1)
+        assert item.predicted == soc.ANSWER_VOCAB[int(probs.argmax())]
+        assert item.probability == pytest.approx(float(probs.max()), abs=1e-6)
+        assert item.answer == soc.ANSWER_VOCAB[int(a["answer"][img, q])]
+        assert item.qtype == int(a["qtype"][img, q]) and item.relational == (item.qtype >= 3)
+        assert item.words == soc.tokenize(item.question) and len(item.words) == item.word_maps.shape[1]
+        assert item.question == " ".join(soc.WORD_VOCAB[t] for t in a["question_tokens"][img, q] if t)
+        np.testing.assert_array_equal(item.image, a["images"][img])
+        # each region row is drawn at its own object: the colour bit of the row names the object
+        colour = a["regions"][img, :, :6].argmax(-1)
+        np.testing.assert_array_equal(item.region_centres, a["object_xy"][img][colour])
+        np.testing.assert_allclose(item.region_centres / 74.0, a["regions"][img, :, 8:], atol=1e-6)
+
+
+def test_san_hops_without_word_attention(san_model, soc_root):
+    (item,) = gallery_data(san_model, n=1, seed=2)
+    out, *_ = direct_call(san_model, soc_root, item.index)
+    np.testing.assert_array_equal(item.region_maps, out.attention.v_attn[0].numpy())
+    assert item.region_labels == ["hop 1", "hop 2"]
+    assert item.word_maps is None and item.word_labels == []  # a bag-of-words vector: no word map
+
+
+class _Fusion:
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+
+
+def test_panels_labels_and_lxmert_word_to_region_mean():
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(2, 3, 4, generator=g)
+    q = torch.rand(2, 3, 5, generator=g)
+    region, r_lab, words, w_lab, _ = attention_panels(AttentionOutput(None, v, q, {}), _Fusion(glimpses=3))
+    assert region is v and words is q and r_lab == w_lab == ["glimpse 1", "glimpse 2", "glimpse 3"]
+    assert attention_panels(AttentionOutput(None, v, None, {}), _Fusion(hops=3))[1] == ["hop 1", "hop 2", "hop 3"]
+    assert attention_panels(AttentionOutput(None, v, None, {}), _Fusion(glimpses=2))[1] == ["map 1", "map 2", "map 3"]
+    # LXMERT: no region map; each layer's words-to-regions map averaged over the valid words
+    q2v = torch.rand(2, 2, 5, 4, generator=g)  # [B, L, T, K]
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    region, labels, words, _, source = attention_panels(AttentionOutput(None, None, q[:, :1], {"q2v_attn": q2v}),
+                                                        _Fusion(glimpses=1), mask)
+    ref = torch.stack([torch.stack([q2v[b, l, : int(mask[b].sum())].mean(0) for l in range(2)]) for b in range(2)])
+    torch.testing.assert_close(region, ref)
+    assert labels == ["layer 1: words → regions", "layer 2: words → regions"] and "q2v_attn" in source
+
+
+def test_selection_per_type_and_random():
+    qtypes = np.tile(np.repeat(np.arange(6), 3), (5, 1))  # 5 images x 18 questions, 3 of each type
+    picked = select_questions(qtypes, 6, seed=0)
+    assert sorted(qtypes.reshape(-1)[picked]) == [0, 1, 2, 3, 4, 5]
+    two = qtypes.reshape(-1)[select_questions(qtypes, 2, seed=4)]
+    assert sorted(t >= 3 for t in two) == [False, True]  # one non-relational, one relational
+    eight = select_questions(qtypes, 8, seed=0)
+    assert len(set(eight)) == 8 and np.bincount(qtypes.reshape(-1)[eight], minlength=6).max() == 2
+    assert select_questions(qtypes, 6, seed=0) == picked and select_questions(qtypes, 6, seed=1) != picked
+    rand = select_questions(qtypes, 10, seed=0, per_type=False)
+    assert len(set(rand)) == 10 and rand != select_questions(qtypes, 10, seed=1, per_type=False)
+    assert len(select_questions(qtypes[:1], 100)) == 18  # capped at the split's size
+    with pytest.raises(ValueError, match="n must be an int >= 1, got 0"):
+        select_questions(qtypes, 0)
+
+
+def test_gallery_writes_one_png_per_question_and_an_index(dan_model, tmp_path):
+    out = tmp_path / "viz"
+    paths = attention_gallery(dan_model, out, n=3, seed=5)
+    assert len(paths) == 3 and sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in paths), "index.md"])
+    items = gallery_data(dan_model, n=3, seed=5)
+    index = (out / "index.md").read_text()
+    for path, item in zip(paths, items):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+        assert item.qtype_name in path.name and f"test{item.index}" in path.name
+        assert f"[{path.name}]({path.name})" in index and item.question in index
+    assert "dan" in index.splitlines()[0]
+
+
+def test_vector_fusion_says_so_and_writes_nothing(concat_model, tmp_path, capsys):
+    with pytest.raises(ValueError, match="vector fusion 'concat_mlp', which has no attention maps"):
+        attention_gallery(concat_model, tmp_path / "out")
+    assert main(["viz", str(concat_model), "--out", str(tmp_path / "cli")]) == 2
+    assert "no attention maps" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cli").exists()
+
+
+def test_cli(dan_model, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["viz", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert main(["viz", str(dan_model), "--out", str(tmp_path / "g"), "--n", "2", "--split", "val", "--random"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(list((tmp_path / "g").glob("*.png"))) == 2 and lines[-1].endswith("index.md")
+    assert all("_val" in line for line in lines[:2])
+    with pytest.raises(SystemExit):
+        main(["viz", str(dan_model), "--n", "0"])
+    assert "expected an int >= 1, got 0" in capsys.readouterr().err
