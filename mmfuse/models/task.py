@@ -75,10 +75,14 @@ _RESERVED_KNOBS = ("in_dims", "v_dim", "q_dim", "device", "dtype")
 
 
 class ModelOutput(NamedTuple):
-    """``logits``: Tensor[B, num_outputs]; ``attention``: the attention fusion's maps, or None."""
+    """``logits``: Tensor[B, num_outputs]; ``attention``: the attention fusion's maps, or None;
+    ``aux_logits``: per-modality logits of a fusion with auxiliary outputs (CentralNet's unimodal
+    networks, each through the same head), empty otherwise; the trainer adds their losses,
+    weighted by ``train.aux_loss_weight``."""
 
     logits: Tensor
     attention: AttentionOutput | None
+    aux_logits: tuple[Tensor, ...] = ()
 
 
 def _model_section(config: Any) -> Mapping[str, Any]:
@@ -286,7 +290,12 @@ class TaskModel(nn.Module):
             fused = att.fused
         else:
             att = None
-            fused = self.fusion(*(e.vec for e in encoded))  # [B, out_dim]
+            vectors = [e.vec for e in encoded]
+            if hasattr(self.fusion, "forward_with_aux"):  # CentralNet: the unimodal outputs too
+                out = self.fusion.forward_with_aux(*vectors)
+                # the unimodal outputs keep their own leading dims; each is [B, out_dim] here
+                return ModelOutput(self.head(out.fused), None, tuple(self.head(u) for u in out.unimodal))
+            fused = self.fusion(*vectors)  # [B, out_dim]
         return ModelOutput(self.head(fused), att)
 
     def extra_repr(self) -> str:

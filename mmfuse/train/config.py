@@ -120,6 +120,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "precision": "32",            # 32 | bf16-mixed | 16-mixed | ...
     "loss": "auto",               # auto | ce | bce | mse | l1
     "label_smoothing": 0.0,
+    "aux_loss_weight": 1.0,       # weight of a fusion's per-modality auxiliary losses (CentralNet)
     "early_stopping": None,       # null = off; {monitor, patience, mode, min_delta}
     "seed": 0,                    # weights, shuffling, dropout
     "devices": 1,
@@ -501,6 +502,7 @@ def _validate_train(train: Mapping[str, Any] | None) -> dict[str, Any]:
     t["precision"] = _choice("train.precision", precision, _PRECISIONS)
     t["loss"] = _choice("train.loss", t["loss"], ("auto", "ce", "bce", "mse", "l1"))
     t["label_smoothing"] = _float("train.label_smoothing", t["label_smoothing"], low=0.0, high=1.0, high_open=True)
+    t["aux_loss_weight"] = _float("train.aux_loss_weight", t["aux_loss_weight"], low=0.0)
     es = t["early_stopping"]
     if es is True:
         es = {}

@@ -188,7 +188,9 @@ class TaskModule(L.LightningModule):
 
     def _logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
         out = self.model(batch)
-        logits = out.logits if hasattr(out, "logits") else out
+        return self._check_logits(out.logits if hasattr(out, "logits") else out)
+
+    def _check_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 2 or logits.shape[-1] != self.num_outputs:
             raise ValueError(f"TaskModule: expected logits [B, {self.num_outputs}], got {tuple(logits.shape)}")
         return logits
@@ -217,10 +219,21 @@ class TaskModule(L.LightningModule):
         seed = (self.train_config["seed"] * 1_000_003 + self.current_epoch * 100_003 + batch_idx) * 64 + self.global_rank
         torch.manual_seed(seed % (2**63 - 1))
 
+    def training_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
+        """``(loss, batch size)``: the task loss, plus ``train.aux_loss_weight`` times the losses of
+        the model's auxiliary logits where it has them (CentralNet: ``L_c + β Σ_m L_m``)."""
+        out = self.model(batch)
+        logits = self._check_logits(out.logits if hasattr(out, "logits") else out)
+        target = self._target(batch, logits)
+        loss = self._loss(logits, target)
+        aux = getattr(out, "aux_logits", ())
+        weight = self.train_config.get("aux_loss_weight", 1.0)
+        if aux and weight > 0:
+            loss = loss + weight * sum(self._loss(self._check_logits(a), target) for a in aux)
+        return loss, int(logits.shape[0])
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self._logits(batch)
-        loss = self._loss(logits, self._target(batch, logits))
-        size = int(logits.shape[0])
+        loss, size = self.training_loss(batch)
         self.train_samples += size
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)

@@ -171,3 +171,29 @@ def test_fusion_without_out_dim_where_the_fusion_allows_it():
     assert model.config["fusion"] == {"name": "concat", "out_dim": None}
     assert model.head.layers[0].in_features == 32  # 16 + 16
     assert model(soc_batch()).logits.shape == (4, 10)
+
+
+def test_centralnet_model_returns_unimodal_logits_and_the_trainer_adds_their_losses():
+    pytest.importorskip("lightning")
+    from mmfuse.train.module import TaskModule
+
+    torch.manual_seed(0)
+    model = build_model(soc_config({"name": "centralnet", "out_dim": 12, "hidden_dims": [8]}))
+    batch = soc_batch()
+    out = model(batch)
+    v, q = model.encode(batch).values()
+    fused = model.fusion.forward_with_aux(v.vec, q.vec)
+    torch.testing.assert_close(out.logits, model.head(fused.fused))
+    assert len(out.aux_logits) == 2
+    for got, unimodal in zip(out.aux_logits, fused.unimodal):
+        torch.testing.assert_close(got, model.head(unimodal))  # each modality's own output, same head
+    target = batch["answer"]
+    ce = torch.nn.functional.cross_entropy
+    info = {"task": {"kind": "classification", "num_outputs": 10}, "target_key": "answer"}
+    for weight in (1.0, 0.3, 0.0):
+        cfg = {"model": {}, "train": {"loss": "auto", "label_smoothing": 0.0, "seed": 0, "aux_loss_weight": weight}}
+        loss, size = TaskModule(model, cfg, info).training_loss(batch)
+        want = ce(out.logits, target) + weight * sum(ce(a, target) for a in out.aux_logits)
+        torch.testing.assert_close(loss, want)
+        assert size == 4
+    assert build_model(soc_config({"name": "mlb", "out_dim": 12, "hidden_dim": 8}))(batch).aux_logits == ()
