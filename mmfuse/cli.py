@@ -140,15 +140,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .bench.run import DEFAULT_ENTRIES, run_leaderboard
+    from .bench.run import DEFAULT_ENTRIES, EXTRA_ENTRIES, run_leaderboard
 
     entries = DEFAULT_ENTRIES
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = sorted(set(wanted) - {e[0] for e in entries})
+        known = (*DEFAULT_ENTRIES, *EXTRA_ENTRIES)
+        unknown = sorted(set(wanted) - {e[0] for e in known})
         if unknown:
-            raise ValueError(f"--only: unknown entries {unknown}; expected some of {[e[0] for e in entries]}")
-        entries = tuple(e for e in entries if e[0] in wanted)
+            raise ValueError(f"--only: unknown entries {unknown}; expected some of {[e[0] for e in known]}")
+        entries = tuple(e for e in known if e[0] in wanted)
     rows, run_dir = run_leaderboard(
         args.out, entries=entries, pixels=args.pixels, seed=args.seed, epochs=args.epochs,
         n_train=args.n_train, overrides=_dotted(args.extra),
