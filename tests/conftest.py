@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -80,3 +82,19 @@ def make_attention_inputs(b=3, k=4, t=5, dtype=torch.float32, seed=1, masked=Tru
             q_mask = torch.ones(b, t, dtype=torch.bool)
             q_mask[min(1, b - 1), -2:] = False
     return v, q, v_mask, q_mask
+
+
+@pytest.fixture(scope="session")
+def private_cache(tmp_path_factory):
+    """Point ``MMFUSE_CACHE`` (generated datasets) at a temporary folder for the session, then restore it.
+
+    Folders whose tests generate data use it through an autouse fixture in their conftest.py.
+    """
+    old = os.environ.get("MMFUSE_CACHE")
+    path = tmp_path_factory.mktemp("mmfuse-cache")
+    os.environ["MMFUSE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MMFUSE_CACHE", None)
+    else:
+        os.environ["MMFUSE_CACHE"] = old
