@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mmfuse
-from conftest import OUT_DIM, Q_DIM, V_DIM, attention_names, make_attention, make_attention_inputs
+from contract_helpers import OUT_DIM, Q_DIM, V_DIM, attention_names, make_attention, make_attention_inputs
 
 NAMES = attention_names()
 ORDER_FREE = [n for n in NAMES if mmfuse.fusion_info(n).order_free]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch.func import functional_call
 
 import mmfuse
-from conftest import IN_DIMS, OUT_DIM, make_fusion, make_inputs, vector_cases
+from contract_helpers import IN_DIMS, OUT_DIM, make_fusion, make_inputs, vector_cases
 
 CASES = vector_cases()
 
