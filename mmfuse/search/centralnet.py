@@ -62,7 +62,9 @@ class CentralNet(VectorFusion):
 
     Use ``out_dim`` = number of classes to read the outputs as logits, as the paper does, and
     :func:`centralnet_loss` for ``L_c + Σ_m β_m L_m``; as a plain vector fusion
-    (``forward``) it returns ``z_{n+1}`` only.
+    (``forward``) it returns ``z_{n+1}`` only. In a task model (:class:`mmfuse.models.TaskModel`) the
+    unimodal outputs also pass through the model's head (``ModelOutput.aux_logits``) and the trainer
+    adds ``train.aux_loss_weight`` times their losses.
 
     Args:
         in_dims: ``(D_1, .., D_M)``, M >= 2; out_dim: width of every output.
