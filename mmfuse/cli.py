@@ -24,6 +24,17 @@ from collections.abc import Sequence
 from . import __version__, fusion_info, list_fusions
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts: an int >= 1, else a message naming what came."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table (readable as plain text too)."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]

@@ -18,6 +18,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from ..cli import positive_int
+
 __all__ = ["add_bench_parser", "parse_tasks", "run_bench"]
 
 
@@ -28,16 +30,6 @@ def parse_tasks(values: Sequence[str] | None) -> list[str] | None:
     from .leaderboard import check_tasks
 
     return check_tasks([t.strip() for v in values for t in v.split(",") if t.strip()])
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
-    return value
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -58,17 +50,17 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     lb.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help=f"tasks (space or comma separated): {', '.join(TASKS)}")
     lb.add_argument("--fusions", default="*", metavar="PATTERN", help="comma-separated fnmatch patterns (default: all)")
-    lb.add_argument("--seeds", type=_positive, default=None, metavar="N", help="seeds 0..N-1 (default 3)")
+    lb.add_argument("--seeds", type=positive_int, default=None, metavar="N", help="seeds 0..N-1 (default 3)")
     budget = lb.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=_positive, default=None, help="epochs per entry (default: the task's)")
-    budget.add_argument("--steps", type=_positive, default=None, help="optimizer steps per entry instead of epochs")
+    budget.add_argument("--epochs", type=positive_int, default=None, help="epochs per entry (default: the task's)")
+    budget.add_argument("--steps", type=positive_int, default=None, help="optimizer steps per entry instead of epochs")
     lb.add_argument("--quick", action="store_true", help="the quick preset: every fusion on one small task")
     lb.add_argument("--robustness", action="store_true", help="also noise / missing-modality robustness per entry")
     lb.add_argument("--robustness-baseline", default="concat", metavar="FUSION",
                     help="the fusion effective robustness is measured against (default concat)")
     lb.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/leaderboard-<time>)")
-    lb.add_argument("--n-train", type=_positive, default=None, help="training size (Sort-of-CLEVR: images)")
-    lb.add_argument("--n-test", type=_positive, default=None, help="test size")
+    lb.add_argument("--n-train", type=positive_int, default=None, help="training size (Sort-of-CLEVR: images)")
+    lb.add_argument("--n-test", type=positive_int, default=None, help="test size")
     lb.add_argument("--device", default=None, help="latency / robustness device (default: cuda if available)")
     lb.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     lb.set_defaults(func=run_bench)
@@ -77,15 +69,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           description="Vector fusions: M inputs [B, D] -> D; attention fusions: v [B, K, D], "
                           "q [B, T, D] -> D. On CUDA: bf16 autocast and torch.compile columns too.")
     fu.add_argument("--fusions", default="*", metavar="PATTERN", help="comma-separated fnmatch patterns (default: all)")
-    fu.add_argument("--batch", type=_positive, default=128)
-    fu.add_argument("--dim", type=_positive, default=512, help="every input's width and out_dim")
-    fu.add_argument("--regions", type=_positive, default=36, help="K (attention fusions)")
-    fu.add_argument("--words", type=_positive, default=14, help="T (attention fusions)")
-    fu.add_argument("--modalities", type=_positive, default=2, help="M (vector fusions that accept it)")
+    fu.add_argument("--batch", type=positive_int, default=128)
+    fu.add_argument("--dim", type=positive_int, default=512, help="every input's width and out_dim")
+    fu.add_argument("--regions", type=positive_int, default=36, help="K (attention fusions)")
+    fu.add_argument("--words", type=positive_int, default=14, help="T (attention fusions)")
+    fu.add_argument("--modalities", type=positive_int, default=2, help="M (vector fusions that accept it)")
     fu.add_argument("--preset", choices=("paper", "small"), default="paper",
                     help="paper: the constructors' defaults; small: the leaderboard presets")
-    fu.add_argument("--repeat", type=_positive, default=3, help="timed calls (median)")
-    fu.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: torch's)")
+    fu.add_argument("--repeat", type=positive_int, default=3, help="timed calls (median)")
+    fu.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
     fu.add_argument("--device", default="cpu")
     fu.add_argument("--no-memory", dest="memory", action="store_false")
     fu.add_argument("--no-compile", dest="compile", action="store_false", help="CUDA: skip torch.compile")

@@ -65,6 +65,8 @@ from typing import Any
 
 import mmfuse
 
+from .run import region_encoder
+
 __all__ = [
     "DEFAULT_TASKS",
     "HIDDEN",
@@ -245,10 +247,7 @@ def _input_specs(task: Task, kind: str) -> dict[str, dict[str, Any]]:
         return {f"x{m}": {"encoder": "vector", "key": f"x{m}", "in_dim": task.data["dims"][m]} for m in range(task.modalities)}
     image, question = task.inputs
     if image == "regions":
-        # the encoder of ``mmfuse run``: centred features + sin/cos of the centre (columns 8, 9)
-        v = {"encoder": "regions", "key": "regions", "mask_key": "region_mask", "in_dim": 10, "hidden_dims": [HIDDEN],
-             "dim": HIDDEN, "center": True, "output_activation": "none", "fourier_columns": [8, 9],
-             "fourier_frequencies": 4}
+        v = region_encoder(HIDDEN)  # the encoder of ``mmfuse run``
     else:
         v = {"encoder": "cnn", "key": "image", "in_channels": 3, "channels": 24, "num_layers": 4, "coords": True,
              "dim": HIDDEN}

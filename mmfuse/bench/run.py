@@ -23,7 +23,7 @@ from typing import Any
 
 import mmfuse
 
-__all__ = ["DEFAULT_ENTRIES", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "run_leaderboard", "format_table"]
+__all__ = ["DEFAULT_ENTRIES", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "region_encoder", "run_leaderboard", "format_table"]
 
 # (entry name, fusion name, fusion knobs): the concat baseline and models of every family. Widths
 # are 64-128 everywhere; the choices below are recorded with their measurements in docs/BENCHMARKS.md
@@ -59,6 +59,20 @@ DEFAULT_EPOCHS = 12
 QTYPES = ("shape", "left", "top", "closest", "furthest", "count")
 
 
+def region_encoder(dim: int) -> dict[str, Any]:
+    """The Sort-of-CLEVR region encoder of ``mmfuse run`` and ``mmfuse bench leaderboard``.
+
+    Centred coordinates and no final ReLU: "left"/"top" stayed at chance for thousands of steps
+    without them (configs/soc_*.yaml record the measurements). Plus sin/cos of the centre (x, y)
+    (columns 8, 9): the relational "closest"/"furthest" questions compare positions, and a bilinear
+    score of two such encodings is a function of their displacement (models stayed at the majority
+    rate on them without, docs/BENCHMARKS.md).
+    """
+    return {"encoder": "regions", "key": "regions", "mask_key": "region_mask", "in_dim": 10, "hidden_dims": [dim],
+            "dim": dim, "center": True, "output_activation": "none", "fourier_columns": [8, 9],
+            "fourier_frequencies": 4}
+
+
 def entry_config(
     fusion: str,
     knobs: dict[str, Any],
@@ -73,17 +87,7 @@ def entry_config(
 ) -> dict[str, Any]:
     """The full training config of one leaderboard entry."""
     dim = 64
-    if pixels:
-        v = {"encoder": "cnn", "key": "image", "dim": dim}
-    else:
-        # centred coordinates and no final ReLU: "left"/"top" stayed at chance for thousands of
-        # steps without them (configs/soc_*.yaml record the measurements)
-        # + sin/cos of the centre (x, y) (columns 8, 9): the relational "closest"/"furthest" questions
-        # compare positions, and a bilinear score of two such encodings is a function of their
-        # displacement (models stayed at the majority rate on them without, docs/BENCHMARKS.md)
-        v = {"encoder": "regions", "key": "regions", "mask_key": "region_mask", "in_dim": 10, "hidden_dims": [dim],
-             "dim": dim, "center": True, "output_activation": "none", "fourier_columns": [8, 9],
-             "fourier_frequencies": 4}
+    v = {"encoder": "cnn", "key": "image", "dim": dim} if pixels else region_encoder(dim)
     # a bag of words identifies every Sort-of-CLEVR question; a GRU learned far slower on 2 cores
     q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",
          "dim": dim, "feed": "vector"}

@@ -257,8 +257,7 @@ class RegionEncoder(Encoder):
 
     @classmethod
     def validate(cls, key: str, cfg: Mapping[str, Any]) -> None:
-        if cfg["dim"] is None and cfg["hidden_dims"]:
-            raise ConfigError(f"{key}.dim", "hidden_dims need an output dim, got null")
+        _check_dim_for_hidden(key, cfg)
 
     @classmethod
     def output_dim(cls, cfg: Mapping[str, Any]) -> int:
@@ -298,6 +297,12 @@ class RegionEncoder(Encoder):
         x = self.fourier(x)
         seq = self.proj(self.drop(x)) * mask.unsqueeze(-1).to(x.dtype)  # [B, K, D]
         return Encoded(seq, mask, masked_mean(seq, mask))
+
+
+def _check_dim_for_hidden(key: str, cfg: Mapping[str, Any]) -> None:
+    """An MLP with hidden layers needs an output width (``dim: null`` means pass-through)."""
+    if cfg["dim"] is None and cfg["hidden_dims"]:
+        raise ConfigError(f"{key}.dim", "hidden_dims need an output dim, got null")
 
 
 def grid_coordinates(h: int, w: int, device=None, dtype=None) -> Tensor:
@@ -721,8 +726,7 @@ class VectorEncoder(Encoder):
 
     @classmethod
     def validate(cls, key: str, cfg: Mapping[str, Any]) -> None:
-        if cfg["dim"] is None and cfg["hidden_dims"]:
-            raise ConfigError(f"{key}.dim", "hidden_dims need an output dim, got null")
+        _check_dim_for_hidden(key, cfg)
 
     @classmethod
     def output_dim(cls, cfg: Mapping[str, Any]) -> int:

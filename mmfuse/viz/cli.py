@@ -11,17 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli import positive_int
+
 __all__ = ["add_viz_parser", "run_viz"]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
-    return value
 
 
 def run_viz(args: argparse.Namespace) -> int:
@@ -49,7 +41,7 @@ def add_viz_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="a model folder (model.safetensors + config.json) or its run folder")
     p.add_argument("--out", default=None, help="output folder (default: viz/ next to the model folder)")
-    p.add_argument("--n", type=_positive, default=6, help="questions to draw (default 6)")
+    p.add_argument("--n", type=positive_int, default=6, help="questions to draw (default 6)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--seed", type=int, default=0, help="which questions are drawn")
     p.add_argument("--random", action="store_true", help="random questions instead of one per question type")
