@@ -56,8 +56,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     budget.add_argument("--steps", type=positive_int, default=None, help="optimizer steps per entry instead of epochs")
     lb.add_argument("--quick", action="store_true", help="the quick preset: every fusion on one small task")
     lb.add_argument("--robustness", action="store_true", help="also noise / missing-modality robustness per entry")
-    lb.add_argument("--robustness-baseline", default="concat", metavar="FUSION",
-                    help="the fusion effective robustness is measured against (default concat)")
+    lb.add_argument("--robustness-baseline", default="concat_mlp", metavar="FUSION",
+                    help="the fusion effective robustness is measured against (default concat_mlp, MultiBench's late fusion)")
     lb.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/leaderboard-<time>)")
     lb.add_argument("--n-train", type=positive_int, default=None, help="training size (Sort-of-CLEVR: images)")
     lb.add_argument("--n-test", type=positive_int, default=None, help="test size")

@@ -662,7 +662,7 @@ def run_leaderboard_bench(
     *,
     robustness: bool = False,
     noise_levels: Sequence[float] | None = None,
-    robustness_baseline: str = "concat",
+    robustness_baseline: str = "concat_mlp",
     n_train: int | None = None,
     n_test: int | None = None,
     device: str | None = None,
@@ -681,7 +681,8 @@ def run_leaderboard_bench(
         quick: the :data:`QUICK` preset for every argument left at its default.
         robustness: also measure :func:`mmfuse.bench.robustness.evaluate_robustness` per entry.
         noise_levels: robustness noise levels (default :data:`~mmfuse.bench.robustness.NOISE_LEVELS`).
-        robustness_baseline: the fusion effective robustness is measured against.
+        robustness_baseline: the fusion effective robustness is measured against (default
+            ``concat_mlp``, MultiBench's late fusion).
         n_train, n_test: dataset sizes (Sort-of-CLEVR: images; interactions: samples).
         device: where latency and robustness are measured (default: cuda if available, else cpu).
         plots: write the PNG plots.

@@ -29,7 +29,9 @@ Definitions (MultiBench §3 and its ``eval_scripts/robustness.py``), for an accu
 
   For accuracies in [0, 1], RR is in [0, 1]; a flat curve gives its clean accuracy.
 - **effective robustness** (after Taori et al., 2020) — the rate of the accuracy drop after
-  equalising clean accuracy with a baseline ``b`` (MultiBench: late fusion; here ``concat``):
+  equalising clean accuracy with a baseline ``b`` (MultiBench: late fusion, unimodal encoders + concatenation + an MLP; here ``concat_mlp``,
+  the same; a baseline at chance has a flat curve and would make every model that learned the task
+  look fragile):
   the baseline's curve shifted to start at ``a_0``, ``β_i = b_i + (a_0 - b_0)``, and::
 
       ER = Σ_i (a_i - β_i) = Σ_i [(a_i - a_0) - (b_i - b_0)]

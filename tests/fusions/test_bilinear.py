@@ -329,6 +329,49 @@ def test_block_reference_normalises_each_chunk(m):
     torch.testing.assert_close(f(*xs), f.head.linear(torch.cat(zs, -1)))
 
 
+
+@pytest.mark.parametrize("tile", [1 << 21, 40])  # one row tile; tiles of 2 rows and a remainder
+@pytest.mark.parametrize("m", [2, 3])
+def test_block_rank_product_node_passes_gradcheck(m, tile, monkeypatch):
+    from mmfuse.fusions import factorized
+    from mmfuse.fusions.factorized import _RankProductSum
+
+    monkeypatch.setattr(factorized, "_TILE_ELEMENTS", tile)
+
+    g = torch.Generator().manual_seed(1)
+    args = []
+    for _ in range(m):  # p [C, B, K, s], W [C, s, R*s], b [C, R*s]: chunk-major, 3-D rows
+        args += [torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64).requires_grad_(),
+                 torch.randn(3, 5, 6, generator=g, dtype=torch.float64).requires_grad_(),
+                 torch.randn(3, 6, generator=g, dtype=torch.float64).requires_grad_()]
+    with torch.enable_grad():  # the module's float64 fixture runs tests under no_grad
+        assert torch.autograd.gradcheck(lambda *a: _RankProductSum.apply(2, *a), args)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_block_fused_and_broadcast_paths_agree(m):
+    # same-shape inputs take the fused autograd node, broadcast ones the plain path: the
+    # values and every parameter's gradient must not depend on which one ran
+    dims = DIMS[:m]
+    f = Block(dims, 2, hidden_dim=7, chunks=3, rank=2).eval()
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(2, 4, d, generator=g, dtype=torch.float64) for d in dims]
+    # the broadcast path: the first modality given as [2, 1, D] and repeated on its own
+    first = xs[0][:, :1]
+    xs_same = [first.expand(2, 4, -1).contiguous()] + xs[1:]
+    xs_bcast = [first] + xs[1:]
+    grads = []
+    for inp in (xs_same, xs_bcast):
+        f.zero_grad()
+        with torch.enable_grad():  # the module's float64 fixture runs tests under no_grad
+            out = f(*inp)
+            (out * torch.arange(out.numel(), dtype=out.dtype).view(out.shape).cos()).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in f.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_block_tucker_reference():
     f = BlockTucker((3, 4), 2, hidden_dim=7, chunks=2).eval()
     assert f.sizes == [4, 3]
