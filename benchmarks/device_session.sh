@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The GPU figures of issues 3, 4, 6 and 7 in one prepared command, for a session that is lent a
+# device machine (15 minutes of device time, 10 minutes a command). Each part runs under its own
+# time cap, appends its output to $OUT/device.log and copies its tables into $OUT (at most 8
+# files come back), so that a part that runs long costs its cap and nothing after it.
+#
+#   bash benchmarks/device_session.sh [PART ...]
+#
+# Parts and caps (seconds; override with CAP_<PART>=N). The default parts' caps sum to 570 s, one
+# device command (600 s at most); pixels and leaderboard are a second call or a later session:
+#   machine       nvidia-smi, torch and CUDA versions                                  default   10
+#   fusions       benchmarks/fusions.py on CUDA, float32 at batch 128, block.bootstrap
+#                 side by side when importable (issue 3)                               default  120
+#   fusions_bf16  the same at batch 2048, bf16 autocast + torch.compile, against a square
+#                 GEMM of the same weight count (issue 3's GPU target)                 default  200
+#   attention     benchmarks/attention.py on CUDA: K 36 and 100, float32 and bf16
+#                 (issue 4)                                                            default  120
+#   throughput    mmfuse run --only dan on region features: samples/s (issue 6)        default  120
+#   pixels        mmfuse run --pixels --only dan (issue 6's from-pixels target)                 420
+#   leaderboard   mmfuse bench leaderboard, every CPU task, 3 seeds, resumable (issue 7)        420
+#
+# On the device machine python3 holds torch, lightning, matplotlib, safetensors and pyyaml; the
+# package runs from the working tree (PYTHONPATH). block.bootstrap.pytorch travels as wheels:
+# here, `pip download --no-deps -d .whl block-bootstrap-pytorch==0.1.6 bootstrap.pytorch`
+# (pure Python) and name `.whl` in the device call's carry; they are installed to /tmp/site.
+# On a CPU-only machine `DEVICE=cpu SMOKE=1` runs every part at toy sizes to check the plumbing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-/tmp/mmfuse-device}
+DEVICE=${DEVICE:-cuda}
+SMOKE=${SMOKE:-0}
+PY=${PY:-python3}
+WORK=${WORK:-/tmp/mmfuse-device-work}
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+LOG="$OUT/device.log"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+
+# part NAME DEFAULT_CAP COMMAND...: run COMMAND under the cap, its output appended to the log
+part() {
+    local name=$1 cap=$2
+    shift 2
+    local var="CAP_${name^^}"
+    cap=${!var:-$cap}
+    echo "== $name: cap ${cap}s: $*" | tee -a "$LOG"
+    local start=$SECONDS
+    timeout --signal=INT --kill-after=10 "$cap" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: rc $rc after $((SECONDS - start))s" | tee -a "$LOG"
+}
+
+copy() { [ -f "$1" ] && cp "$1" "$OUT/$2"; }
+
+if [ "$SMOKE" = 1 ]; then
+    F32=(--fusions "mlb,block" --batch 8 --repeat 1 --rounds 1)
+    BF16=(--fusions "mlb,block" --batch 8 --repeat 1 --rounds 1 --no-block)
+    ATT=(--fusions "san,ban" --quick)
+    RUN=(--epochs 1 --n-train 40)
+    LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
+else
+    F32=(--batch 128 --rounds 3 --repeat 5)
+    BF16=(--batch 2048 --autocast bf16 --compile --square-baseline --rounds 3 --repeat 5)
+    ATT=()
+    RUN=()
+    LB=(--seeds 3)
+fi
+MICRO_EXTRA=()
+[ "$DEVICE" = cpu ] && MICRO_EXTRA=(--no-memory)
+
+run_part() {
+    case $1 in
+        machine)
+            part machine 10 bash -c "nvidia-smi 2>/dev/null || echo 'no nvidia-smi'; $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())'"
+            ;;
+        fusions)
+            part fusions 120 "$PY" benchmarks/fusions.py --device "$DEVICE" "${F32[@]}" "${MICRO_EXTRA[@]}" --json "$WORK/fusions_f32.json"
+            copy "$WORK/fusions_f32.json" fusions_f32.json
+            ;;
+        fusions_bf16)
+            part fusions_bf16 200 "$PY" benchmarks/fusions.py --device "$DEVICE" "${BF16[@]}" "${MICRO_EXTRA[@]}" --json "$WORK/fusions_bf16.json"
+            copy "$WORK/fusions_bf16.json" fusions_bf16.json
+            ;;
+        attention)
+            part attention 120 "$PY" benchmarks/attention.py --device "$DEVICE" "${ATT[@]}" --json "$WORK/attention.json"
+            copy "$WORK/attention.json" attention.json
+            ;;
+        throughput)
+            part throughput 120 "$PY" -m mmfuse run --only dan --out "$WORK/run" "${RUN[@]}"
+            copy "$WORK/run/leaderboard.md" run_dan.md
+            ;;
+        pixels)
+            part pixels 420 "$PY" -m mmfuse run --pixels --only dan --out "$WORK/pixels" "${RUN[@]}"
+            copy "$WORK/pixels/leaderboard.md" pixels_dan.md
+            ;;
+        leaderboard)
+            part leaderboard 420 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/leaderboard" "${LB[@]}"
+            copy "$WORK/leaderboard/leaderboard.md" leaderboard.md
+            ;;
+        *)
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 attention throughput pixels leaderboard)" | tee -a "$LOG"
+            return 2
+            ;;
+    esac
+}
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(machine fusions fusions_bf16 attention throughput)
+for p in "${parts[@]}"; do
+    run_part "$p"
+done
+echo "== done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

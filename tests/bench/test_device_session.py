@@ -1,0 +1,54 @@
+"""The prepared device script (benchmarks/device_session.sh): its plumbing, on the CPU.
+
+The GPU parts themselves run only on a lent device machine; here: the script parses, a part
+runs under its cap with its output in $OUT/device.log, and an unknown part is named."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "device_session.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils timeout")
+
+
+def _run(tmp_path, *parts, **env):
+    full = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "DEVICE": "cpu",
+            "SMOKE": "1", "PY": sys.executable, **env}
+    return subprocess.run(["bash", str(SCRIPT), *parts], cwd=ROOT, env=full, capture_output=True, text=True, timeout=120)
+
+
+def test_script_parses():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+
+
+def test_machine_part_logs_torch_and_its_exit_status(tmp_path):
+    r = _run(tmp_path, "machine")
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert "== machine: cap 10s" in log
+    assert "torch " in log and "available False" in log
+    assert "== machine: rc 0 after" in log
+    assert r.returncode == 0
+
+
+def test_a_part_past_its_cap_is_stopped_and_the_next_still_runs(tmp_path):
+    r = _run(tmp_path, "throughput", "machine", CAP_THROUGHPUT="1")
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert "== throughput: cap 1s" in log
+    rc = int(log.split("== throughput: rc ")[1].split()[0])
+    assert rc != 0  # interrupted at its cap
+    assert "== machine: rc 0" in log and r.returncode == 0
+
+
+def test_unknown_part_is_named(tmp_path):
+    _run(tmp_path, "gpu_magic")
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert "unknown part 'gpu_magic'" in log
