@@ -17,7 +17,8 @@
 #                 (issue 4)                                                            default  120
 #   throughput    mmfuse run --only dan on region features: samples/s (issue 6)        default  120
 #   pixels        mmfuse run --pixels --only dan (issue 6's from-pixels target)                 420
-#   leaderboard   mmfuse bench leaderboard, every CPU task, 3 seeds, resumable (issue 7)        420
+#   leaderboard   mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
+#                 resumable part; run it again to continue (issue 7)                            420
 #
 # On the device machine python3 holds torch, lightning, matplotlib, safetensors and pyyaml; the
 # package runs from the working tree (PYTHONPATH). block.bootstrap.pytorch travels as wheels:
@@ -67,7 +68,7 @@ else
     BF16=(--batch 2048 --autocast bf16 --compile --square-baseline --rounds 3 --repeat 5)
     ATT=()
     RUN=()
-    LB=(--seeds 3)
+    LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
 fi
 MICRO_EXTRA=()
 [ "$DEVICE" = cpu ] && MICRO_EXTRA=(--no-memory)

@@ -77,6 +77,7 @@ __all__ = [
     "Task",
     "format_markdown",
     "incompatibility",
+    "out_of_time",
     "preset_for",
     "run_leaderboard_bench",
     "summarize",
@@ -359,6 +360,11 @@ def _curve_callback():
     return Curve()
 
 
+def out_of_time(elapsed_s: float, longest_s: float, max_minutes: float) -> bool:
+    """Whether an entry may not start: ``elapsed + longest entry so far > budget`` (seconds)."""
+    return elapsed_s + longest_s > 60.0 * max_minutes
+
+
 def plateau(points: Sequence[Mapping[str, float]], points_within: float = PLATEAU_POINTS) -> dict[str, Any]:
     """The first validation whose accuracy is within ``points_within`` points of the best.
 
@@ -612,6 +618,7 @@ class LeaderboardResult:
     out_dir: Path
     markdown: str
     trained: int = 0
+    left: int = 0
     plots: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -667,6 +674,7 @@ def run_leaderboard_bench(
     n_test: int | None = None,
     device: str | None = None,
     plots: bool = True,
+    max_minutes: float | None = None,
     train_fn: Callable[..., Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> LeaderboardResult:
@@ -686,6 +694,10 @@ def run_leaderboard_bench(
         n_train, n_test: dataset sizes (Sort-of-CLEVR: images; interactions: samples).
         device: where latency and robustness are measured (default: cuda if available, else cpu).
         plots: write the PNG plots.
+        max_minutes: wall-clock budget of this call: no entry starts once the minutes spent plus
+            the longest entry of this call so far would pass it; the entries left are counted in
+            ``LeaderboardResult.left`` and the same call run again continues with them (a full
+            leaderboard as resumable parts of at most that many minutes).
         train_fn: the trainer (default :func:`mmfuse.train.train`); tests pass a counting wrapper.
         log: progress lines.
 
@@ -721,8 +733,11 @@ def run_leaderboard_bench(
     results_path = out / RESULTS
     state = _load_results(results_path)
     entries, skipped = state["entries"], state["skipped"]
-    trained = 0
+    trained = left = 0
     failed: dict[str, str] = {}
+    start, longest = time.monotonic(), 0.0
+    if max_minutes is not None and not max_minutes >= 0:
+        raise ValueError(f"max_minutes: expected a number of minutes >= 0, got {max_minutes!r}")
     qtype_names: list[str] = []
 
     def save() -> None:
@@ -761,6 +776,10 @@ def run_leaderboard_bench(
                 if old is not None and old.get("digest") == digest and (not robustness or have_rob):
                     log(f"[{key}] done: accuracy {100 * (old.get('accuracy') or 0):.1f}%")
                     continue
+                if max_minutes is not None and out_of_time(time.monotonic() - start, longest, max_minutes):
+                    left += 1
+                    continue
+                entry_start = time.monotonic()
                 run_dir = out / "runs" / task_name / fusion / f"seed{seed}-{digest[:8]}"
                 if old is not None and old.get("digest") == digest:
                     entry = old  # trained; only robustness is missing
@@ -806,6 +825,7 @@ def run_leaderboard_bench(
                                                               levels=levels, seed=seed, device=dev)
                 entries[key] = entry
                 save()
+                longest = max(longest, time.monotonic() - entry_start)
                 log(f"[{key}] accuracy {100 * (entry['accuracy'] or 0):.1f}%, {entry['train_s']:.1f} s, "
                     f"plateau epoch {entry['plateau_epoch']}, {entry['latency_ms']:.2f} ms / {LATENCY_BATCH}")
 
@@ -816,6 +836,10 @@ def run_leaderboard_bench(
     skip_now = {k: v for k, v in skipped.items() if tuple(k.split("/", 1)) in wanted}
     qn = qtype_names or ["shape", "left", "top", "closest", "furthest", "count"]
     markdown = format_markdown(rows, skip_now, qn)
+    if left:
+        markdown += (f"\nStopped at the time limit ({max_minutes:g} min): {left} entries left; the same command "
+                     "run again continues with them.\n")
+        log(f"time limit ({max_minutes:g} min): {left} entries left, rerun to continue")
     if failed:
         markdown += "\nFailed (not stored; retried on the next run):\n\n" + "\n".join(
             f"- {k}: {v}" for k, v in failed.items()) + "\n"
@@ -828,4 +852,4 @@ def run_leaderboard_bench(
         files = plot_all(rows, out / "plots", qtypes=qn)
     return LeaderboardResult(rows=rows, skipped=skip_now, entries={k: v for k, v in entries.items()
                              if (v["task"], v["fusion"]) in wanted and v["seed"] in seed_list},
-                             out_dir=out, markdown=markdown, trained=trained, plots=files, failed=failed)
+                             out_dir=out, markdown=markdown, trained=trained, left=left, plots=files, failed=failed)

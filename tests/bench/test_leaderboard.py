@@ -148,3 +148,24 @@ def test_a_failing_entry_is_reported_and_retried(tmp_path):
     counter = CountingTrain()
     again = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf", train_fn=counter, **kw)
     assert counter.calls == ["interactions_o1-lmf-seed0"] and again.failed == {}
+
+
+def test_out_of_time_counts_the_longest_entry_so_far():
+    assert not lb.out_of_time(0.0, 0.0, 0.5)
+    assert not lb.out_of_time(20.0, 10.0, 0.5)  # 30 s of 30
+    assert lb.out_of_time(20.0, 10.5, 0.5)  # the next entry would end past the budget
+    assert lb.out_of_time(31.0, 0.0, 0.5)
+
+
+def test_a_time_limit_leaves_entries_for_the_next_part(tmp_path):
+    kw = dict(seeds=1, budget=1, out_dir=tmp_path, log=lambda s: None, device="cpu", plots=False, **TINY)
+    first = CountingTrain()
+    part = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf,san", train_fn=first, max_minutes=0, **kw)
+    assert first.calls == [] and part.trained == 0 and part.left == 2  # san is skipped (needs sequences)
+    assert "Stopped at the time limit (0 min): 2 entries left" in part.markdown
+    rest = CountingTrain()
+    done = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf,san", train_fn=rest, max_minutes=60, **kw)
+    assert rest.calls == ["interactions_o1-concat-seed0", "interactions_o1-lmf-seed0"]
+    assert done.left == 0 and "time limit" not in done.markdown
+    with pytest.raises(ValueError, match="max_minutes"):
+        lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=rest, max_minutes=-1, **kw)
