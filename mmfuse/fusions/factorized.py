@@ -563,7 +563,7 @@ def _rank_product_sum(rank: int, *args: Tensor, keep: bool = False) -> tuple[Ten
     n = p2[0].shape[1]
     step = max(1, _TILE_ELEMENTS // max(1, c * s_out))
     zs, tiles = [], []
-    for a in range(0, n, step):
+    for a in range(0, max(n, 1), step):  # an empty batch: one empty tile
         ts = [torch.baddbmm(b.unsqueeze(1), p[:, a : a + step], w) for p, w, b in zip(p2, ws, bs)]
         prod = ts[0]
         for t in ts[1:]:
@@ -585,9 +585,10 @@ class _RankProductSum(torch.autograd.Function):
     them) but never holds the whole product; backward forms ``g_m = dz ⊙ prod_{j != m} t_j`` one
     tile at a time and accumulates the weight gradients with ``baddbmm``. Peak memory is the
     saved terms plus one tile, where plain autograd holds the terms, the product, its
-    materialised gradient and both terms' gradients (2.6 GB against 1.3 GB for block.bootstrap's
-    per-chunk loop at BLOCK's VQA sizes on [128, 36, D] rows). Backward computes in the terms'
-    dtype (the autocast dtype of the forward GEMMs) and returns each gradient in its input's dtype.
+    materialised gradient and both terms' gradients (at BLOCK's VQA sizes on [128, 36, D] rows:
+    1.55-1.59 GB peak against 2.6 GB with plain autograd and 1.34-1.37 GB for block.bootstrap's
+    per-chunk loop, docs/BENCHMARKS.md). Backward computes in the terms' dtype (the autocast dtype
+    of the forward GEMMs) and returns each gradient in its input's dtype.
     """
 
     @staticmethod
@@ -615,7 +616,7 @@ class _RankProductSum(torch.autograd.Function):
         # weight and bias gradients: the first tile's, then the others accumulated in the parameters' dtype
         dws: list[Tensor | None] = [None] * m
         dbs: list[Tensor | None] = [None] * m
-        for k, a in enumerate(range(0, n, step)):
+        for k, a in enumerate(range(0, max(n, 1), step)):
             ts = tiles[k * m : (k + 1) * m]
             g4 = g3[:, a : a + step].unsqueeze(2)  # dz broadcast over the rank terms: [C, n, 1, s]
             for i in range(m):

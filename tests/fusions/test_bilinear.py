@@ -372,6 +372,18 @@ def test_block_fused_and_broadcast_paths_agree(m):
         torch.testing.assert_close(a, b)
 
 
+
+def test_block_empty_batch_gives_empty_output_and_zero_gradients():
+    f = Block((3, 4), 2, hidden_dim=7, chunks=3, rank=2)
+    x = torch.randn(0, 3, requires_grad=True)
+    with torch.enable_grad():  # the module's float64 fixture runs tests under no_grad
+        out = f(x, torch.randn(0, 4))
+        out.sum().backward()
+    assert out.shape == (0, 2) and x.grad.shape == (0, 3)
+    assert all(p.grad is None or not p.grad.any() for p in f.merge.parameters())
+    assert f(torch.randn(0, 5, 3), torch.randn(0, 5, 4)).shape == (0, 5, 2)
+
+
 def test_block_tucker_reference():
     f = BlockTucker((3, 4), 2, hidden_dim=7, chunks=2).eval()
     assert f.sizes == [4, 3]
