@@ -21,10 +21,10 @@ columns are followed by bf16 autocast (``bf16 f+b``, ``bf16 MB``) and ``torch.co
 
 Run time on two CPU cores: each measurement runs in its own process (about 5 s to start): one
 forward + backward for the memory, which is also the warm-up, then ``--repeat`` (1) timed
-ones. The default (B 64, K 36) takes about eight minutes; the K = 100 rows
-(``--regions 36,100``) roughly triple that (BAN alone: about a minute per forward + backward),
-``--fwd`` adds a third; ``--quick`` (batch 16, K 36) takes about three. On CUDA the default
-is K 36 and 100, three timed calls after two warm-up calls.
+ones. Measured on 2 cores (session 3, docs/BENCHMARKS.md): the default (B 64, K 36) takes
+about two and a half minutes, ``--regions 100`` about four and a half (BAN-8 at batch 256:
+about a minute and a half, 48 s per forward + backward); ``--fwd`` adds about a third. On CUDA
+the default is K 36 and 100, three timed calls after two warm-up calls.
 """
 
 from __future__ import annotations
