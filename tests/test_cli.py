@@ -43,6 +43,13 @@ def test_console_entry_point_runs():
     assert "| dpp " in out and "Noh et al., CVPR 2016" in out
 
 
+def test_python_dash_m_mmfuse_is_the_same_command():
+    r = subprocess.run([sys.executable, "-m", "mmfuse", "list", "--kind", "attention"], capture_output=True, text=True)
+    assert r.returncode == 0 and "| ban " in r.stdout and "| dpp " not in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "mmfuse", "info", "mfhh"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "mfhh" in bad.stderr
+
+
 def test_data_make_and_info(tmp_path, capsys):
     out = tmp_path / "soc"
     assert main(["data", "make", "sort-of-clevr", "--out", str(out), "--seed", "3", "--n-train", "12", "--n-test=4"]) == 0
