@@ -725,6 +725,9 @@ def run_leaderboard_bench(
         raise ValueError(f"seeds: expected a count >= 1 or a list of seeds, got {seeds!r}")
     for t in tasks:
         _budget(budget, TASKS[t])  # fail before any training
+    if max_minutes is not None and not max_minutes >= 0:  # NaN too
+        raise ValueError(f"max_minutes: expected a number of minutes >= 0, got {max_minutes!r}")
+    start, longest = time.monotonic(), 0.0  # the time limit counts from here
     names = _select(fusions_pattern)
     train_fn = train_fn or default_train
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -735,9 +738,6 @@ def run_leaderboard_bench(
     entries, skipped = state["entries"], state["skipped"]
     trained = left = 0
     failed: dict[str, str] = {}
-    start, longest = time.monotonic(), 0.0
-    if max_minutes is not None and not max_minutes >= 0:
-        raise ValueError(f"max_minutes: expected a number of minutes >= 0, got {max_minutes!r}")
     qtype_names: list[str] = []
 
     def save() -> None:

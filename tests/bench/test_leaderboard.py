@@ -169,3 +169,8 @@ def test_a_time_limit_leaves_entries_for_the_next_part(tmp_path):
     assert done.left == 0 and "time limit" not in done.markdown
     with pytest.raises(ValueError, match="max_minutes"):
         lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=rest, max_minutes=-1, **kw)
+    fresh = tmp_path / "never-made"
+    with pytest.raises(ValueError, match="max_minutes"):  # refused before the run folder exists
+        lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=rest, max_minutes=float("nan"),
+                                 **{**kw, "out_dir": fresh})
+    assert not fresh.exists()
