@@ -285,11 +285,12 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"# {name} K={k}: f+b {vb._fmt(row.fb)} ms, peak {vb._fmt(row.peak, '.0f')} MB {row.error}",
                   file=sys.stderr, flush=True)
+            if args.json:  # after every row, so that a run stopped at a time cap keeps what it measured
+                vb._write_json(args.json, {"header": header, "rows": [r.__dict__ for r in rows]})
     print("\n".join(f"- {h}" for h in header) + "\n")
     print(render(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"header": header, "rows": [r.__dict__ for r in rows]}, f, indent=1)
+        vb._write_json(args.json, {"header": header, "rows": [r.__dict__ for r in rows]})
     return 0
 
 

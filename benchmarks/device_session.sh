@@ -7,18 +7,24 @@
 #   bash benchmarks/device_session.sh [PART ...]
 #
 # Parts and caps (seconds; override with CAP_<PART>=N). The default parts' caps sum to 570 s, one
-# device command (600 s at most); pixels and leaderboard are a second call or a later session:
-#   machine       nvidia-smi, torch and CUDA versions                                  default   10
-#   fusions       benchmarks/fusions.py on CUDA, float32 at batch 128, block.bootstrap
-#                 side by side when importable (issue 3)                               default  120
-#   fusions_bf16  the same at batch 2048, bf16 autocast + torch.compile, against a square
-#                 GEMM of the same weight count (issue 3's GPU target)                 default  200
-#   attention     benchmarks/attention.py on CUDA: K 36 and 100, float32 and bf16
-#                 (issue 4)                                                            default  120
-#   throughput    mmfuse run --only dan on region features: samples/s (issue 6)        default  120
-#   pixels        mmfuse run --pixels --only dan (issue 6's from-pixels target)                 420
-#   leaderboard   mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
-#                 resumable part; run it again to continue (issue 7)                            420
+# device command (600 s at most); leaderboard is a second call or a later session:
+#   machine          nvidia-smi, torch and CUDA versions                               default   10
+#   fusions          benchmarks/fusions.py on CUDA, float32 at batch 128, 2-D and 3-D,
+#                    block.bootstrap side by side when importable (issue 3)            default   70
+#   fusions_bf16     the same at batch 2048 (2-D), bf16 autocast, against a square GEMM
+#                    of the same weight count, block side by side (issue 3's GPU target) default 70
+#   fusions_compile  batch 2048, bf16, torch.compile column (mmfuse only; compiling is
+#                    slow, so the rows it reaches in its cap)                         default  110
+#   attention        benchmarks/attention.py on CUDA: K 36 and 100, float32 and bf16
+#                    (issue 4)                                                         default   90
+#   throughput       mmfuse run --only dan on region features, 30 s of training:
+#                    samples/s (issue 6)                                               default   45
+#   pixels           mmfuse run --pixels --only dan, lr 1e-3, 500 warm-up steps, 20
+#                    epochs or 2.6 minutes of training (issue 6's from-pixels target)  default  175
+#   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
+#                    resumable part; run it again to continue (issue 7)                         420
+# Each JSON table is rewritten after every row, so a part stopped at its cap keeps what it
+# measured; the two training runs' run.json and metrics.csv come back in $OUT/runs.tar.gz.
 #
 # On the device machine python3 holds torch, lightning, matplotlib, safetensors and pyyaml; the
 # package runs from the working tree (PYTHONPATH). block.bootstrap.pytorch travels as wheels:
@@ -60,14 +66,18 @@ copy() { [ -f "$1" ] && cp "$1" "$OUT/$2"; }
 if [ "$SMOKE" = 1 ]; then
     F32=(--fusions "mlb,block" --batch 8 --repeat 1 --rounds 1)
     BF16=(--fusions "mlb,block" --batch 8 --repeat 1 --rounds 1 --no-block)
+    COMPILE=(--fusions "mlb" --batch 8 --repeat 1 --rounds 1 --no-block --shapes 2d)
     ATT=(--fusions "san,ban" --quick)
     RUN=(--epochs 1 --n-train 40)
+    PIX=(--epochs 1 --n-train 40)
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
 else
     F32=(--batch 128 --rounds 3 --repeat 5)
-    BF16=(--batch 2048 --autocast bf16 --compile --square-baseline --rounds 3 --repeat 5)
-    ATT=()
-    RUN=()
+    BF16=(--batch 2048 --shapes 2d --autocast bf16 --square-baseline --rounds 3 --repeat 5)
+    COMPILE=(--fusions "mlb,mfh,mutan,block,tucker,block_tucker,mcb,mfb" --batch 2048 --shapes 2d --autocast bf16 --compile --no-block --rounds 1 --repeat 5)
+    ATT=(--no-compile)
+    RUN=(--train.max_minutes 0.5)
+    PIX=(--epochs 20 --train.lr 1e-3 --train.warmup_steps 500 --train.max_minutes 2.6)
     LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
 fi
 MICRO_EXTRA=()
@@ -79,23 +89,27 @@ run_part() {
             part machine 10 bash -c "nvidia-smi 2>/dev/null || echo 'no nvidia-smi'; $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())'"
             ;;
         fusions)
-            part fusions 120 "$PY" benchmarks/fusions.py --device "$DEVICE" "${F32[@]}" "${MICRO_EXTRA[@]}" --json "$WORK/fusions_f32.json"
+            part fusions 70 "$PY" benchmarks/fusions.py --device "$DEVICE" "${F32[@]}" "${MICRO_EXTRA[@]}" --json "$WORK/fusions_f32.json"
             copy "$WORK/fusions_f32.json" fusions_f32.json
             ;;
         fusions_bf16)
-            part fusions_bf16 200 "$PY" benchmarks/fusions.py --device "$DEVICE" "${BF16[@]}" "${MICRO_EXTRA[@]}" --json "$WORK/fusions_bf16.json"
+            part fusions_bf16 70 "$PY" benchmarks/fusions.py --device "$DEVICE" "${BF16[@]}" "${MICRO_EXTRA[@]}" --json "$WORK/fusions_bf16.json"
             copy "$WORK/fusions_bf16.json" fusions_bf16.json
             ;;
+        fusions_compile)
+            part fusions_compile 110 "$PY" benchmarks/fusions.py --device "$DEVICE" "${COMPILE[@]}" "${MICRO_EXTRA[@]}" --json "$WORK/fusions_compile.json"
+            copy "$WORK/fusions_compile.json" fusions_compile.json
+            ;;
         attention)
-            part attention 120 "$PY" benchmarks/attention.py --device "$DEVICE" "${ATT[@]}" --json "$WORK/attention.json"
+            part attention 90 "$PY" benchmarks/attention.py --device "$DEVICE" "${ATT[@]}" --json "$WORK/attention.json"
             copy "$WORK/attention.json" attention.json
             ;;
         throughput)
-            part throughput 120 "$PY" -m mmfuse run --only dan --out "$WORK/run" "${RUN[@]}"
+            part throughput 45 "$PY" -m mmfuse run --only dan --out "$WORK/run" "${RUN[@]}" --train.progress_bar false
             copy "$WORK/run/leaderboard.md" run_dan.md
             ;;
         pixels)
-            part pixels 420 "$PY" -m mmfuse run --pixels --only dan --out "$WORK/pixels" "${RUN[@]}"
+            part pixels 175 "$PY" -m mmfuse run --pixels --only dan --out "$WORK/pixels" "${PIX[@]}" --train.progress_bar false
             copy "$WORK/pixels/leaderboard.md" pixels_dan.md
             ;;
         leaderboard)
@@ -103,15 +117,18 @@ run_part() {
             copy "$WORK/leaderboard/leaderboard.md" leaderboard.md
             ;;
         *)
-            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 attention throughput pixels leaderboard)" | tee -a "$LOG"
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels leaderboard)" | tee -a "$LOG"
             return 2
             ;;
     esac
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(machine fusions fusions_bf16 attention throughput)
+[ ${#parts[@]} -eq 0 ] && parts=(machine fusions fusions_bf16 fusions_compile attention throughput pixels)
 for p in "${parts[@]}"; do
     run_part "$p"
 done
+# the training runs' own records (samples/s, per-epoch validation), one file for the 8-file limit
+runs=$(cd "$WORK" && find run pixels leaderboard \( -name run.json -o -name metrics.csv -o -name results.json \) 2>/dev/null)
+[ -n "$runs" ] && (cd "$WORK" && tar czf "$OUT/runs.tar.gz" $runs)
 echo "== done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

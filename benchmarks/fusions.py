@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -327,14 +328,23 @@ def main(argv=None) -> int:
                 print(f"# {name} {shape}: {err}", file=sys.stderr)
                 continue
             print(render(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            if args.json:  # after every row, so that a run stopped at a time cap keeps what it measured
+                _write_json(args.json, [r.__dict__ for r in rows])
     print(render(rows))
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note and r.shape == "2d"]
     if notes:
         print("\n" + "\n".join(dict.fromkeys(notes)))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.__dict__ for r in rows], f, indent=1)
+        _write_json(args.json, [r.__dict__ for r in rows])
     return 0
+
+
+def _write_json(path: str, payload) -> None:
+    """Write ``payload`` as JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ EARLY_STOPPING_DEFAULTS: dict[str, Any] = {"monitor": "auto", "patience": 5, "mo
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_epochs": 10,             # -1 / null: no epoch limit (then max_steps must be set)
     "max_steps": -1,
+    "max_minutes": None,          # wall-clock budget of fit(); training stops there (lightning max_time)
     "lr": 1e-3,
     "weight_decay": 0.01,         # not applied to biases and norm weights (1-d parameters)
     "optimizer": "adamw",         # adamw | adam | sgd
@@ -485,6 +486,7 @@ def _validate_train(train: Mapping[str, Any] | None) -> dict[str, Any]:
     t["max_steps"] = _int("train.max_steps", -1 if t["max_steps"] is None else t["max_steps"], 1, minus_one=True)
     if t["max_epochs"] == -1 and t["max_steps"] == -1:
         raise ConfigError("train.max_epochs: set max_epochs or max_steps (both are unlimited)")
+    t["max_minutes"] = _float("train.max_minutes", t["max_minutes"], low=0.0, low_open=True, none=True)
     t["lr"] = _float("train.lr", t["lr"], low=0.0, low_open=True)
     t["weight_decay"] = _float("train.weight_decay", t["weight_decay"], low=0.0)
     t["optimizer"] = _choice("train.optimizer", t["optimizer"], ("adamw", "adam", "sgd"))

@@ -14,6 +14,7 @@ required), so re-running a killed command continues it; a finished run only re-t
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import json
 import os
@@ -263,6 +264,7 @@ def _trainer(config: Mapping[str, Any], run_dir: Path, callbacks: Sequence[Callb
         precision=t["precision"],
         max_epochs=t["max_epochs"],
         max_steps=t["max_steps"],
+        max_time=None if t.get("max_minutes") is None else datetime.timedelta(minutes=t["max_minutes"]),
         gradient_clip_val=t["grad_clip"],
         accumulate_grad_batches=t["accumulate_grad_batches"],
         log_every_n_steps=t["log_every_n_steps"],

@@ -126,6 +126,8 @@ def test_unknown_key_suggests_the_close_name():
         ({"train": {"precision": "8-mixed"}}, r"^train\.precision:"),
         ({"train": {"early_stopping": {"patience": 0}}}, r"^train\.early_stopping\.patience:"),
         ({"train": {"grad_clip": 0}}, r"^train\.grad_clip:"),
+        ({"train": {"max_minutes": 0}}, r"^train\.max_minutes: expected a number > 0"),
+        ({"train": {"max_minutes": "soon"}}, r"^train\.max_minutes:"),
         ({"train": {"optimiser": "adamw"}}, r"^train\.optimiser: unknown key"),
         ({"data": {"name": "interactions", "batch_size": 0}}, r"^data\.batch_size:"),
         ({"data": {"name": "interactions", "dims": [4]}}, r"^data\.dims:"),

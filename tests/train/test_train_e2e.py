@@ -56,6 +56,17 @@ def test_interactions_classification_learns(tmp_path):
     assert evaluate(result.run_dir, split="val") == pytest.approx({k: v for k, v in result.metrics.items() if k.startswith("val/")})
 
 
+def test_max_minutes_stops_training_and_still_tests(tmp_path):
+    cfg = h.tiny_config("interactions")
+    cfg["train"].update(max_epochs=200, max_minutes=1e-6)  # the budget is spent after the first step
+    result = run(tmp_path, cfg)
+    steps = json.loads((result.run_dir / "run.json").read_text())["global_step"]
+    full = run(tmp_path / "full", {**cfg, "train": {**cfg["train"], "max_epochs": 2, "max_minutes": None}})
+    full_steps = json.loads((full.run_dir / "run.json").read_text())["global_step"]
+    assert 1 <= steps < full_steps  # 200 epochs were asked for; the time budget ended fit early
+    assert math.isfinite(result.metrics["test/loss"])  # and the test split was still evaluated
+
+
 def test_mosi_regression(tmp_path):
     cfg = h.tiny_config("mosi", path=str(h.write_mosi(tmp_path / "mosi.pkl")))
     result = run(tmp_path, cfg)
