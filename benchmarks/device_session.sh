@@ -17,10 +17,10 @@
 #                    slow, so the rows it reaches in its cap)                         default  110
 #   attention        benchmarks/attention.py on CUDA: K 36 and 100, float32 and bf16
 #                    (issue 4)                                                         default   90
-#   throughput       mmfuse run --only dan on region features, 30 s of training:
-#                    samples/s (issue 6)                                               default   45
+#   throughput       mmfuse run --only dan on region features, 30 s of training (the
+#                    data build and the test come on top): samples/s (issue 6)         default   60
 #   pixels           mmfuse run --pixels --only dan, lr 1e-3, 500 warm-up steps, 20
-#                    epochs or 2.6 minutes of training (issue 6's from-pixels target)  default  175
+#                    epochs or 2.4 minutes of training (issue 6's from-pixels target)  default  160
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
 #                    resumable part; run it again to continue (issue 7)                         420
 # Each JSON table is rewritten after every row, so a part stopped at its cap keeps what it
@@ -77,7 +77,7 @@ else
     COMPILE=(--fusions "mlb,mfh,mutan,block,tucker,block_tucker,mcb,mfb" --batch 2048 --shapes 2d --autocast bf16 --compile --no-block --rounds 1 --repeat 5)
     ATT=(--no-compile)
     RUN=(--train.max_minutes 0.5)
-    PIX=(--epochs 20 --train.lr 1e-3 --train.warmup_steps 500 --train.max_minutes 2.6)
+    PIX=(--epochs 20 --train.lr 1e-3 --train.warmup_steps 500 --train.max_minutes 2.4)
     LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
 fi
 MICRO_EXTRA=()
@@ -105,11 +105,11 @@ run_part() {
             copy "$WORK/attention.json" attention.json
             ;;
         throughput)
-            part throughput 45 "$PY" -m mmfuse run --only dan --out "$WORK/run" "${RUN[@]}" --train.progress_bar false
+            part throughput 60 "$PY" -m mmfuse run --only dan --out "$WORK/run" "${RUN[@]}" --train.progress_bar false
             copy "$WORK/run/leaderboard.md" run_dan.md
             ;;
         pixels)
-            part pixels 175 "$PY" -m mmfuse run --pixels --only dan --out "$WORK/pixels" "${PIX[@]}" --train.progress_bar false
+            part pixels 160 "$PY" -m mmfuse run --pixels --only dan --out "$WORK/pixels" "${PIX[@]}" --train.progress_bar false
             copy "$WORK/pixels/leaderboard.md" pixels_dan.md
             ;;
         leaderboard)

@@ -251,7 +251,7 @@ def _input_specs(task: Task, kind: str) -> dict[str, dict[str, Any]]:
         v = region_encoder(HIDDEN)  # the encoder of ``mmfuse run``
     else:
         v = {"encoder": "cnn", "key": "image", "in_channels": 3, "channels": 24, "num_layers": 4, "coords": True,
-             "dim": HIDDEN}
+             "dim": HIDDEN, "group_key": "image_id"}  # the CNN runs once per image of a batch
     if question == "tokens":
         # vector fusions: the bag of words' sum; attention fusions: the words
         q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",

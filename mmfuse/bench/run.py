@@ -87,7 +87,8 @@ def entry_config(
 ) -> dict[str, Any]:
     """The full training config of one leaderboard entry."""
     dim = 64
-    v = {"encoder": "cnn", "key": "image", "dim": dim} if pixels else region_encoder(dim)
+    # from pixels: batches hold every question of their images and the CNN runs once per image
+    v = {"encoder": "cnn", "key": "image", "dim": dim, "group_key": "image_id"} if pixels else region_encoder(dim)
     # a bag of words identifies every Sort-of-CLEVR question; a GRU learned far slower on 2 cores
     q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",
          "dim": dim, "feed": "vector"}

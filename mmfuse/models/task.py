@@ -19,6 +19,9 @@ A model is built from the ``model:`` section of a config (a plain dict, e.g. fro
 - ``fusion.out_dim`` is required unless the fusion's own default is ``None`` (``concat``).
 - Each input reads ``batch[key]`` (``key`` defaults to the input's name) and, if set,
   ``batch[mask_key]``; the encoder's own keys are listed in :mod:`mmfuse.models.encoders`.
+- ``group_key`` (optional): rows with equal ``batch[group_key]`` carry the same input (the
+  questions of one image), so the encoder runs once per distinct value and its outputs are
+  gathered back to the rows; a batch without that key is encoded row by row as usual.
 
 Every key is checked before any module is built; a bad one raises :class:`ConfigError` naming
 it (``model.inputs.q.vocab_size: expected a positive int, got 0``).
@@ -31,6 +34,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from .._registry import FusionInfo, create_fusion, fusion_info
@@ -67,6 +71,7 @@ _INPUT_FIELDS = {
     "encoder": Field(string),
     "key": Field(optional(string), None),
     "mask_key": Field(optional(string), None),
+    "group_key": Field(optional(string), None),
     "feed": Field(choice("auto", "sequence", "vector"), "auto"),
 }
 _SECTIONS = ("task", "inputs", "fusion", "head")
@@ -274,7 +279,15 @@ class TaskModel(nn.Module):
             x = _get(batch, c["key"], name)
             mask = _get(batch, c["mask_key"], name) if c["mask_key"] else None
             extra = {arg: _get(batch, c[ck], name) for arg, ck in enc.extra_inputs.items() if c[ck]}
-            out[name] = enc(x, mask, **extra)
+            rows = _group_rows(batch.get(c["group_key"])) if c["group_key"] else None
+            if rows is None:
+                out[name] = enc(x, mask, **extra)
+                continue
+            first, inverse = rows  # encode each distinct row once, then gather back
+            pick = (lambda t: None if t is None else t[first])
+            e = enc(pick(x), pick(mask), **{k: pick(v) for k, v in extra.items()})
+            out[name] = Encoded(None if e.seq is None else e.seq[inverse],
+                                None if e.mask is None else e.mask[inverse], e.vec[inverse])
         return out
 
     def forward(self, batch: Mapping[str, Any]) -> ModelOutput:
@@ -300,6 +313,19 @@ class TaskModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"task={self.task_kind}, num_outputs={self.num_outputs}, fusion={self._config['fusion']['name']}"
+
+
+def _group_rows(ids: Any) -> tuple[Tensor, Tensor] | None:
+    """For row ids Tensor[B]: (one row per distinct id, each row's index among them), or None
+    where every id is distinct (nothing to share) or there are no ids."""
+    if not isinstance(ids, Tensor) or ids.dim() != 1:
+        return None
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    if len(distinct) == len(ids):
+        return None
+    first = torch.empty(len(distinct), dtype=torch.long, device=ids.device)
+    first.scatter_(0, inverse, torch.arange(len(ids), device=ids.device))  # some row of each id
+    return first, inverse
 
 
 def _get(batch: Mapping[str, Any], key: str, input_name: str) -> Any:

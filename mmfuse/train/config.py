@@ -68,6 +68,8 @@ DATASET_OPTIONS: dict[str, dict[str, Any]] = {
         "n_distractors": 0, "region_noise": 0.0,
         "representation": "all",   # regions | pixels | all: which image inputs batches carry
         "question": "all",         # bits | tokens | all: which question encodings batches carry
+        "group_by_image": "auto",  # training batches of whole images (every question of each);
+                                   # auto = when batches carry pixels, so a CNN runs once per image
     },
     "interactions": {
         "n_train": 10000, "n_test": 2000, "dims": [16, 16], "order": 2, "n_classes": 2,
@@ -397,6 +399,8 @@ def _validate_data(data: Mapping[str, Any], *, check_paths: bool) -> dict[str, A
         d["region_noise"] = _float("data.region_noise", d["region_noise"], low=0.0)
         d["representation"] = _choice("data.representation", d["representation"], ("regions", "pixels", "all"))
         d["question"] = _choice("data.question", d["question"], ("bits", "tokens", "all"))
+        if d["group_by_image"] != "auto" and not isinstance(d["group_by_image"], bool):
+            raise ConfigError(f"data.group_by_image: expected true, false or 'auto', got {d['group_by_image']!r}")
         if d["n_nonrel"] + d["n_rel"] == 0:
             raise ConfigError("data.n_rel: n_nonrel + n_rel must be >= 1, got 0 questions per image")
     elif name == "interactions":

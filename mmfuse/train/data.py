@@ -89,10 +89,16 @@ class EpochBatchSampler:
         seed: shuffling seed.
         drop_last: drop the last incomplete global batch. When kept with several ranks it is
             split as evenly as possible, and dropped if it has fewer rows than ranks.
+        group: shuffle whole groups of ``group`` consecutive indices (``n`` must be a multiple):
+            the groups are permuted and each keeps its indices together, so a batch holds whole
+            groups (Sort-of-CLEVR: every question of an image, whose CNN then runs once).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, *, drop_last: bool = True) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int = 0, *, drop_last: bool = True, group: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.drop_last = int(n), int(batch_size), int(seed), bool(drop_last)
+        self.group = int(group)
+        if self.group < 1 or self.n % self.group:
+            raise ValueError(f"EpochBatchSampler: expected a group size >= 1 dividing n = {self.n}, got {group}")
         self.sampler = _EpochHolder()
         self.skip = 0
 
@@ -112,7 +118,11 @@ class EpochBatchSampler:
     def __iter__(self):
         rank, world = _rank_world()
         per_step = self.batch_size * world
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.group == 1:
+            order = rng.permutation(self.n)
+        else:  # whole groups in a random order; a group's indices stay together
+            order = (rng.permutation(self.n // self.group)[:, None] * self.group + np.arange(self.group)).ravel()
         for b in range(self.skip, len(self)):
             chunk = order[b * per_step : (b + 1) * per_step]
             if len(chunk) == per_step:
@@ -264,11 +274,13 @@ class _SortOfClevrQuestions(Dataset):
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], images: np.ndarray, *, pixels: bool, regions: bool,
-                 bits: bool, tokens: bool) -> None:
+                 bits: bool, tokens: bool, group_by_image: bool = False) -> None:
         self.a = arrays
         self.images = np.asarray(images, dtype=np.int64)
         self.q = int(arrays["qtype"].shape[1])
         self.pixels, self.regions, self.bits, self.tokens = pixels, regions, bits, tokens
+        # training batches of whole images (read by the train sampler): see data.group_by_image
+        self.group_size = self.q if group_by_image else 1
 
     def __len__(self) -> int:
         return len(self.images) * self.q
@@ -280,6 +292,7 @@ class _SortOfClevrQuestions(Dataset):
         rows: dict[str, torch.Tensor] = {}
         if self.pixels:
             rows["image"] = torch.from_numpy(a["images"][img]).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+            rows["image_id"] = torch.from_numpy(img)  # (B,) rows of one image share it (model input group_key)
         if self.regions:
             rows["regions"] = torch.from_numpy(a["regions"][img])
             rows["region_mask"] = torch.from_numpy(a["region_mask"][img])
@@ -355,8 +368,10 @@ def _sort_of_clevr(cfg: Mapping[str, Any], vocab: Mapping[str, Any] | None) -> t
     train_arrays, test_arrays = data.splits["train"], data.splits["test"]
     n_images = train_arrays["qtype"].shape[0]
     keep, val = _carve(n_images, cfg["val_fraction"], cfg["seed"], _VAL_STREAM)  # by image: no shared scenes
+    group = cfg["group_by_image"]
+    group = flags["pixels"] if group == "auto" else bool(group)
     splits = {
-        "train": _SortOfClevrQuestions(train_arrays, keep, **flags),
+        "train": _SortOfClevrQuestions(train_arrays, keep, **flags, group_by_image=group),
         "val": _SortOfClevrQuestions(train_arrays, val, **flags),
         "test": _SortOfClevrQuestions(test_arrays, np.arange(test_arrays["qtype"].shape[0]), **flags),
     }
@@ -383,6 +398,8 @@ def _sort_of_clevr(cfg: Mapping[str, Any], vocab: Mapping[str, Any] | None) -> t
         "answer_vocab": data.answer_vocab,
         "word_vocab": data.word_vocab,
         "data_root": str(root),
+        # batch keys of row ids that a model input may share work by (model.inputs.*.group_key)
+        "group_keys": ["image_id"] if flags["pixels"] else [],
     }
     return splits, info, collate_batch
 
@@ -627,8 +644,9 @@ class MMFuseDataModule(L.LightningDataModule):
 
     def _train_sampler(self) -> EpochBatchSampler:
         self.setup()
-        return EpochBatchSampler(len(self.datasets["train"]), self.config["batch_size"], self.shuffle_seed,
-                                 drop_last=self.config["drop_last"])
+        train = self.datasets["train"]
+        return EpochBatchSampler(len(train), self.config["batch_size"], self.shuffle_seed,
+                                 drop_last=self.config["drop_last"], group=getattr(train, "group_size", 1))
 
     def train_batches_per_epoch(self) -> int:
         """Training batches per epoch and process (with the current process group, if any)."""

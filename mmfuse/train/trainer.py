@@ -130,8 +130,12 @@ def resolve_model_config(model_config: Mapping[str, Any], info: Mapping[str, Any
             mask_key = spec.get("mask_key")
             if mask_key is not None and mask_key not in masks:
                 raise ConfigError(f"{where}.mask_key: the {dataset} batches have no {mask_key!r}; masks: {sorted(masks)}")
+            group_key, groups = spec.get("group_key"), list(info.get("group_keys", []))
+            if group_key is not None and group_key not in groups:
+                raise ConfigError(f"{where}.group_key: the {dataset} batches have no {group_key!r} "
+                                  f"(row ids shared by rows of one input); they have {groups}")
             for f, v in spec.items():  # other batch keys an encoder reads (e.g. box_key)
-                if f.endswith("_key") and f not in ("key", "mask_key") and isinstance(v, str) and v not in facts_by_key:
+                if f.endswith("_key") and f not in ("key", "mask_key", "group_key") and isinstance(v, str) and v not in facts_by_key:
                     raise ConfigError(f"{where}.{f}: the {dataset} batches have no {v!r}; they have {sorted(facts_by_key)}")
             facts = dict(facts_by_key[key])
             if info.get("word_vocab") is not None and "vocab_size" in facts:

@@ -197,3 +197,37 @@ def test_centralnet_model_returns_unimodal_logits_and_the_trainer_adds_their_los
         torch.testing.assert_close(loss, want)
         assert size == 4
     assert build_model(soc_config({"name": "mlb", "out_dim": 12, "hidden_dim": 8}))(batch).aux_logits == ()
+
+
+def _pixel_model(group_key):
+    cfg = {"task": {"kind": "classification", "num_outputs": 6},
+           "inputs": {"v": {"encoder": "cnn", "key": "image", "channels": 4, "num_layers": 3, "dim": 8, "group_key": group_key},
+                      "q": {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": 20,
+                            "dim": 8, "feed": "vector"}},
+           "fusion": {"name": "dan", "out_dim": 8}, "head": {"hidden_dims": [8]}}
+    torch.manual_seed(0)
+    return build_model(cfg).double().eval()
+
+
+def test_group_key_encodes_each_image_once_with_the_same_result():
+    grouped, plain = _pixel_model("image_id"), _pixel_model(None)
+    plain.load_state_dict(grouped.state_dict())
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(3, 3, 20, 20, generator=g, dtype=torch.float64)
+    ids = torch.tensor([2, 0, 0, 1, 2, 0])
+    batch = {"image": images[ids], "image_id": ids, "question_tokens": torch.randint(1, 20, (6, 5), generator=g),
+             "question_mask": torch.ones(6, 5, dtype=torch.bool)}
+    calls = []
+    grouped.encoders["v"].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    out, ref = grouped(batch), plain(batch)
+    assert calls == [3]  # one CNN pass per distinct image
+    torch.testing.assert_close(out.logits, ref.logits, rtol=0, atol=1e-12)
+    out.logits.square().sum().backward()
+    ref.logits.square().sum().backward()
+    for (name, p), q in zip(grouped.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    # without the key in the batch, or with every id distinct, rows are encoded one by one
+    calls.clear()
+    grouped({k: v for k, v in batch.items() if k != "image_id"})
+    grouped({**batch, "image_id": torch.arange(6)})
+    assert calls == [6, 6]

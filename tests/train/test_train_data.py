@@ -4,10 +4,11 @@ from __future__ import annotations
 from unittest import mock
 
 import numpy as np
+import pytest
 import torch
 
 import train_helpers as h
-from mmfuse.train import build_datamodule, load_config
+from mmfuse.train import ConfigError, build_datamodule, load_config
 from mmfuse.train.data import EpochBatchSampler, ResumableLoader, ShardedBatchSampler, collate_batch, question_mask
 
 
@@ -136,6 +137,35 @@ def test_epoch_sampler_is_deterministic_per_epoch_and_covers_the_data():
     assert list(s) != first
     keep = EpochBatchSampler(50, 8, seed=3, drop_last=False)
     assert sorted(i for b in keep for i in b) == list(range(50))
+
+
+def test_grouped_sampler_keeps_groups_whole():
+    s = EpochBatchSampler(60, 10, seed=2, group=5)
+    batches = list(s)
+    assert len(batches) == 6 and sorted(i for b in batches for i in b) == list(range(60))
+    for b in batches:  # every batch is two whole groups of 5 consecutive indices
+        groups = {i // 5 for i in b}
+        assert len(groups) == 2 and sorted(b) == sorted(i for g in groups for i in range(5 * g, 5 * g + 5))
+    assert [b[0] // 5 for b in batches] != sorted(b[0] // 5 for b in batches)  # the groups are shuffled
+    s.set_epoch(1)
+    assert list(s) != batches
+    with pytest.raises(ValueError, match="group size >= 1 dividing n = 60, got 7"):
+        EpochBatchSampler(60, 10, group=7)
+
+
+def test_sort_of_clevr_pixels_batches_are_whole_images_with_their_ids():
+    dm = datamodule("sort-of-clevr", representation="pixels", batch_size=12)  # 4 questions an image
+    b = first_batch(dm)
+    q = dm.datasets["train"].q
+    ids = b["image_id"]
+    assert len(ids) % q == 0 and all((ids == i).sum() == q for i in ids.unique())
+    for i in ids.unique():  # the rows of one id carry one image
+        rows = b["image"][ids == i]
+        assert torch.equal(rows, rows[:1].expand_as(rows))
+    plain = first_batch(datamodule("sort-of-clevr", representation="pixels", batch_size=12, group_by_image=False))
+    assert len(plain["image_id"].unique()) > len(ids.unique())
+    with pytest.raises(ConfigError, match=r"^data\.group_by_image: expected true, false or 'auto', got 'yes'"):
+        datamodule("sort-of-clevr", group_by_image="yes")
 
 
 def test_ranks_split_each_global_batch():

@@ -111,6 +111,10 @@ def test_incompatible_model_config_stops_before_training(tmp_path):
     cfg["model"]["task"] = {"kind": "classification", "num_outputs": 3}
     with pytest.raises(ConfigError, match=r"^model\.task\.num_outputs"):
         train(cfg, run_dir=tmp_path / "run")
+    cfg = h.tiny_config("sort-of-clevr")  # region batches carry no image ids to group by
+    cfg["model"]["inputs"]["v"]["group_key"] = "image_id"
+    with pytest.raises(ConfigError, match=r"^model\.inputs\.v\.group_key: the sort-of-clevr batches have no 'image_id'"):
+        train(cfg, run_dir=tmp_path / "run")
     cfg = h.tiny_config("interactions")
     cfg["train"]["early_stopping"] = {"monitor": "val/mae"}
     with pytest.raises(ConfigError, match=r"^train\.early_stopping\.monitor"):
