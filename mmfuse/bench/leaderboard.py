@@ -252,6 +252,8 @@ def _input_specs(task: Task, kind: str) -> dict[str, dict[str, Any]]:
     else:
         v = {"encoder": "cnn", "key": "image", "in_channels": 3, "channels": 24, "num_layers": 4, "coords": True,
              "dim": HIDDEN, "group_key": "image_id"}  # the CNN runs once per image of a batch
+        if kind == "vector":  # the relation-network CNN+MLP: every cell's features, in place
+            v.update(flatten=True, height="auto", width="auto")
     if question == "tokens":
         # vector fusions: the bag of words' sum; attention fusions: the words
         q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",

@@ -87,8 +87,12 @@ def entry_config(
 ) -> dict[str, Any]:
     """The full training config of one leaderboard entry."""
     dim = 64
-    # from pixels: batches hold every question of their images and the CNN runs once per image
-    v = {"encoder": "cnn", "key": "image", "dim": dim, "group_key": "image_id"} if pixels else region_encoder(dim)
+    if pixels:  # batches hold every question of their images and the CNN runs once per image
+        v = {"encoder": "cnn", "key": "image", "dim": dim, "group_key": "image_id"}
+        if mmfuse.fusion_info(fusion).kind == "vector":  # the relation-network CNN+MLP: every cell, in place
+            v.update(flatten=True, height="auto", width="auto")
+    else:
+        v = region_encoder(dim)
     # a bag of words identifies every Sort-of-CLEVR question; a GRU learned far slower on 2 cores
     q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",
          "dim": dim, "feed": "vector"}

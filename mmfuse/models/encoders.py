@@ -324,7 +324,11 @@ class CNNEncoder(Encoder):
     cells), mask all True, vec the mean over cells.
 
     Config: ``in_channels`` (3), ``channels`` (24), ``num_layers`` (4), ``coords`` (true),
-    ``dim`` (null = channels + 2), ``dropout`` (0, on the cell features).
+    ``dim`` (null = channels + 2), ``dropout`` (0, on the cell features), ``flatten`` (false):
+    the output is one vector, every cell's features concatenated in row-major order
+    (Tensor[B, h·w·D], no sequence): the relation-network paper's CNN+MLP baseline, whose MLP
+    sees where each cell is; the image's ``height`` and ``width`` are then required (``auto``
+    fills them from the data).
     """
 
     name = "cnn"
@@ -335,6 +339,9 @@ class CNNEncoder(Encoder):
         "coords": Field(bool_value, True),
         "dim": Field(optional(positive_int), None),
         "dropout": Field(probability, 0.0),
+        "flatten": Field(bool_value, False),
+        "height": Field(optional(positive_int), None),
+        "width": Field(optional(positive_int), None),
     }
 
     def __init__(
@@ -345,9 +352,15 @@ class CNNEncoder(Encoder):
         coords: bool = True,
         dim: int | None = None,
         dropout: float = 0.0,
+        flatten: bool = False,
+        height: int | None = None,
+        width: int | None = None,
     ):
         super().__init__()
+        if flatten and (height is None or width is None):
+            raise ValueError(f"cnn: flatten needs the image height and width, got height={height}, width={width}")
         self.in_channels, self.coords = in_channels, coords
+        self.grid = (self.grid_size(height, num_layers), self.grid_size(width, num_layers)) if flatten else None
         layers: list[nn.Module] = []
         c_in = in_channels
         for _ in range(num_layers):
@@ -358,10 +371,26 @@ class CNNEncoder(Encoder):
         self.drop = dropout_or_identity(dropout)
         self.proj: nn.Module = nn.Identity() if dim is None else nn.Sequential(nn.Linear(feat, dim), nn.ReLU())
         self.out_dim = feat if dim is None else dim
+        if self.grid is not None:
+            self.out_dim *= self.grid[0] * self.grid[1]
+
+    @classmethod
+    def validate(cls, key: str, cfg: Mapping[str, Any]) -> None:
+        if cfg["flatten"]:
+            for f in ("height", "width"):
+                if cfg[f] is None:
+                    raise ConfigError(f"{key}.{f}", "flatten needs the image size: set it or use 'auto' (from the data)")
+
+    @classmethod
+    def produces_sequence(cls, cfg: Mapping[str, Any]) -> bool:
+        return not cfg["flatten"]
 
     @classmethod
     def output_dim(cls, cfg: Mapping[str, Any]) -> int:
-        return cfg["dim"] if cfg["dim"] is not None else cfg["channels"] + (2 if cfg["coords"] else 0)
+        cell = cfg["dim"] if cfg["dim"] is not None else cfg["channels"] + (2 if cfg["coords"] else 0)
+        if not cfg["flatten"]:
+            return cell
+        return cell * cls.grid_size(cfg["height"], cfg["num_layers"]) * cls.grid_size(cfg["width"], cfg["num_layers"])
 
     @staticmethod
     def grid_size(image_size: int, num_layers: int = 4) -> int:
@@ -381,6 +410,11 @@ class CNNEncoder(Encoder):
             xy = grid_coordinates(h, w, device=f.device, dtype=f.dtype)  # [h*w, 2]
             f = torch.cat([f, xy.expand(b, -1, -1)], dim=-1)  # [B, h*w, C + 2]
         seq = self.proj(self.drop(f))  # [B, h*w, D]
+        if self.grid is not None:  # one vector of every cell, in a fixed order: no sequence
+            if (h, w) != self.grid:
+                raise ValueError(f"cnn: flatten was built for a {self.grid[0]}x{self.grid[1]} grid of cells, "
+                                 f"got {h}x{w} from images of {tuple(x.shape[2:])}")
+            return Encoded(None, None, seq.flatten(1))
         return Encoded(seq, _full_mask(seq), seq.mean(dim=1))
 
 

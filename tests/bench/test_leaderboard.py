@@ -174,3 +174,17 @@ def test_a_time_limit_leaves_entries_for_the_next_part(tmp_path):
         lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=rest, max_minutes=float("nan"),
                                  **{**kw, "out_dir": fresh})
     assert not fresh.exists()
+
+
+def test_from_pixels_vector_fusions_see_every_cell_and_attention_fusions_the_cells():
+    from mmfuse.bench.leaderboard import task_config
+    from mmfuse.bench.run import entry_config
+
+    for vec, att in ((task_config("soc_pixels", "mlb", seed=0)["model"]["inputs"]["v"],
+                      task_config("soc_pixels", "dan", seed=0)["model"]["inputs"]["v"]),
+                     (entry_config("concat_mlp", {}, pixels=True)["model"]["inputs"]["v"],
+                      entry_config("dan", {}, pixels=True)["model"]["inputs"]["v"])):
+        assert vec["encoder"] == att["encoder"] == "cnn" and vec["group_key"] == att["group_key"] == "image_id"
+        assert vec["flatten"] is True and (vec["height"], vec["width"]) == ("auto", "auto")  # the RN paper's CNN+MLP
+        assert "flatten" not in att  # attention fusions attend over the grid cells
+    assert "group_key" not in entry_config("dan", {}, pixels=False)["model"]["inputs"]["v"]

@@ -197,6 +197,28 @@ def test_cnn_projection_and_cells_follow_the_image():
     assert not torch.allclose(out2.seq[0, -1], out.seq[0, -1])
 
 
+def test_cnn_flatten_is_every_cell_in_place():
+    torch.manual_seed(0)
+    cells = CNNEncoder(channels=8, num_layers=2, dim=12).eval()
+    flat = CNNEncoder(channels=8, num_layers=2, dim=12, flatten=True, height=20, width=24).eval()
+    flat.load_state_dict(cells.state_dict())
+    assert flat.out_dim == 12 * 5 * 6 == CNNEncoder.output_dim({**_cnn_cfg(), "flatten": True, "height": 20, "width": 24})
+    assert CNNEncoder.produces_sequence({**_cnn_cfg(), "flatten": True}) is False
+    img = torch.rand(2, 3, 20, 24)
+    out, ref = flat(img), cells(img)
+    assert out.seq is None and out.mask is None and out.vec.shape == (2, 360)
+    torch.testing.assert_close(out.vec, ref.seq.flatten(1))  # row-major cells, each cell's 12 features
+    with pytest.raises(ValueError, match=r"cnn: flatten was built for a 5x6 grid of cells, got 5x5"):
+        flat(torch.rand(2, 3, 20, 20))
+    with pytest.raises(ValueError, match="cnn: flatten needs the image height and width"):
+        CNNEncoder(flatten=True, height=75)
+
+
+def _cnn_cfg():
+    return {"in_channels": 3, "channels": 8, "num_layers": 2, "coords": True, "dim": 12, "dropout": 0.0,
+            "flatten": False, "height": None, "width": None}
+
+
 # --------------------------------------------------------------------------- recurrent text encoders
 
 
