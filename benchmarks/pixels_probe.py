@@ -10,6 +10,12 @@ from a data or encoder fault.
 
     python benchmarks/pixels_probe.py                     # 15 epochs, lr 1e-3, 4 images a step
     python benchmarks/pixels_probe.py --pool mean         # cells averaged: position is lost
+    python benchmarks/pixels_probe.py --fusion dan        # an attention fusion over the cells instead
+
+With ``--fusion NAME`` the cells (projected to 64) are the regions of a registered attention
+fusion and the question code (through Linear + ReLU to 64) its question vector; the fused vector
+(128) goes through a 128-unit MLP: the same data, CNN and training loop, so a gap to the CNN+MLP
+is the fusion's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mmfuse
 from mmfuse.data import sort_of_clevr as soc
 from mmfuse.models.encoders import CNNEncoder
 
@@ -33,8 +40,15 @@ def _split(arrays):
 
 
 class Probe(nn.Module):
-    def __init__(self, n_answers: int, pool: str, image_size: int = 75):
+    def __init__(self, n_answers: int, pool: str, image_size: int = 75, fusion: str | None = None):
         super().__init__()
+        self.fusion = None
+        if fusion is not None:  # an attention fusion over the cells
+            self.cnn = CNNEncoder(dim=64)
+            self.question = nn.Sequential(nn.Linear(soc.QUESTION_BITS, 64), nn.ReLU())
+            self.fusion = mmfuse.create_fusion(fusion, v_dim=64, q_dim=64, out_dim=128)
+            self.mlp = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, n_answers))
+            return
         self.cnn, self.pool = CNNEncoder(dim=None), pool
         cells = CNNEncoder.grid_size(image_size) ** 2
         d = self.cnn.out_dim * (cells if pool == "flatten" else 1)
@@ -44,6 +58,10 @@ class Probe(nn.Module):
     def forward(self, images, bits):
         """images [n, 3, H, W], bits [n, Q, 11] -> logits [n * Q, answers]."""
         cells = self.cnn(images).seq  # [n, cells, C + 2]
+        if self.fusion is not None:  # each question attends over its own image's cells
+            q = bits.shape[1]
+            regions = cells[:, None].expand(-1, q, -1, -1).flatten(0, 1)  # [n * Q, cells, 64]
+            return self.mlp(self.fusion(regions, self.question(bits.flatten(0, 1))).fused)
         v = cells.flatten(1) if self.pool == "flatten" else cells.mean(1)
         v = v[:, None].expand(-1, bits.shape[1], -1)  # every question of the image
         return self.mlp(torch.cat([v, bits], -1)).flatten(0, 1)
@@ -55,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--images", type=int, default=4, help="images a step (x 20 questions)")
     p.add_argument("--pool", choices=("flatten", "mean"), default="flatten")
+    p.add_argument("--fusion", help="an attention fusion over the cells instead of the MLP (e.g. dan)")
     p.add_argument("--n-train", type=int, default=9800)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -64,10 +83,14 @@ def main(argv=None) -> int:
     data = soc.load_sort_of_clevr(soc.make_sort_of_clevr(seed=args.seed, n_train=args.n_train))
     images, bits, answers, _ = _split(data.splits["train"])
     t_images, t_bits, t_answers, t_rel = _split(data.splits["test"])
-    model = Probe(len(data.answer_vocab), args.pool)
+    if args.fusion is not None and mmfuse.fusion_info(args.fusion).kind != "attention":
+        p.error(f"--fusion: expected an attention fusion, got {args.fusion!r} "
+                f"(known: {', '.join(mmfuse.list_fusions(kind='attention'))})")
+    model = Probe(len(data.answer_vocab), args.pool, fusion=args.fusion)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     start = time.perf_counter()
-    print(f"# pixels probe: {args.pool} cells + 11-bit question -> MLP; {len(images)} images, lr {args.lr}, "
+    what = f"{args.fusion} over the cells" if args.fusion else f"{args.pool} cells + 11-bit question -> MLP"
+    print(f"# pixels probe: {what}; {len(images)} images, lr {args.lr}, "
           f"{args.images} images a step")
     for epoch in range(args.epochs):
         model.train()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pixels_probe.py"
@@ -20,9 +21,12 @@ def _module():
     return mod
 
 
-def test_each_question_row_reads_its_own_image():
-    probe = _module().Probe(n_answers=10, pool="flatten").eval()
-    assert probe.mlp[0].in_features == 25 * 26 + 11  # 5 x 5 cells of 24 filters + (x, y), then the 11 bits
+@pytest.mark.parametrize("fusion", [None, "dan"])
+def test_each_question_row_reads_its_own_image(fusion):
+    torch.manual_seed(0)
+    probe = _module().Probe(n_answers=10, pool="flatten", fusion=fusion).eval()
+    if fusion is None:
+        assert probe.mlp[0].in_features == 25 * 26 + 11  # 5 x 5 cells of 24 filters + (x, y), then the 11 bits
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 75, 75, generator=g)
     bits = torch.zeros(2, 3, 11)
