@@ -40,17 +40,17 @@ def _split(arrays):
 
 
 class Probe(nn.Module):
-    def __init__(self, n_answers: int, pool: str, image_size: int = 75, fusion: str | None = None):
+    def __init__(self, n_answers: int, pool: str, image_size: int = 75, fusion: str | None = None, layers: int = 4):
         super().__init__()
         self.fusion = None
         if fusion is not None:  # an attention fusion over the cells
-            self.cnn = CNNEncoder(dim=64)
+            self.cnn = CNNEncoder(num_layers=layers, dim=64)
             self.question = nn.Sequential(nn.Linear(soc.QUESTION_BITS, 64), nn.ReLU())
             self.fusion = mmfuse.create_fusion(fusion, v_dim=64, q_dim=64, out_dim=128)
             self.mlp = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, n_answers))
             return
-        self.cnn, self.pool = CNNEncoder(dim=None), pool
-        cells = CNNEncoder.grid_size(image_size) ** 2
+        self.cnn, self.pool = CNNEncoder(num_layers=layers, dim=None), pool
+        cells = CNNEncoder.grid_size(image_size, layers) ** 2
         d = self.cnn.out_dim * (cells if pool == "flatten" else 1)
         self.mlp = nn.Sequential(nn.Linear(d + soc.QUESTION_BITS, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                                  nn.Linear(256, n_answers))
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--images", type=int, default=4, help="images a step (x 20 questions)")
     p.add_argument("--pool", choices=("flatten", "mean"), default="flatten")
+    p.add_argument("--layers", type=int, default=4, help="conv layers (stride 2 each): 4 -> 5 x 5 cells, 3 -> 10 x 10")
     p.add_argument("--fusion", help="an attention fusion over the cells instead of the MLP (e.g. dan)")
     p.add_argument("--n-train", type=int, default=9800)
     p.add_argument("--seed", type=int, default=0)
@@ -86,12 +87,12 @@ def main(argv=None) -> int:
     if args.fusion is not None and mmfuse.fusion_info(args.fusion).kind != "attention":
         p.error(f"--fusion: expected an attention fusion, got {args.fusion!r} "
                 f"(known: {', '.join(mmfuse.list_fusions(kind='attention'))})")
-    model = Probe(len(data.answer_vocab), args.pool, fusion=args.fusion)
+    model = Probe(len(data.answer_vocab), args.pool, fusion=args.fusion, layers=args.layers)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     start = time.perf_counter()
     what = f"{args.fusion} over the cells" if args.fusion else f"{args.pool} cells + 11-bit question -> MLP"
     print(f"# pixels probe: {what}; {len(images)} images, lr {args.lr}, "
-          f"{args.images} images a step")
+          f"{args.images} images a step, {args.layers} conv layers")
     for epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(images))
