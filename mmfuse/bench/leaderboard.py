@@ -254,6 +254,8 @@ def _input_specs(task: Task, kind: str) -> dict[str, dict[str, Any]]:
              "dim": HIDDEN, "group_key": "image_id"}  # the CNN runs once per image of a batch
         if kind == "vector":  # the relation-network CNN+MLP: every cell's features, in place
             v.update(flatten=True, height="auto", width="auto")
+        else:  # attention over a 10 x 10 grid, about one object a cell (over 5 x 5 it stayed at the prior)
+            v["num_layers"] = 3
     if question == "tokens":
         # vector fusions: the bag of words' sum; attention fusions: the words
         q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",

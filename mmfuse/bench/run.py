@@ -91,6 +91,8 @@ def entry_config(
         v = {"encoder": "cnn", "key": "image", "dim": dim, "group_key": "image_id"}
         if mmfuse.fusion_info(fusion).kind == "vector":  # the relation-network CNN+MLP: every cell, in place
             v.update(flatten=True, height="auto", width="auto")
+        else:  # attention over a 10 x 10 grid, about one object a cell: over 5 x 5 it stayed at the prior
+            v["num_layers"] = 3
     else:
         v = region_encoder(dim)
     # a bag of words identifies every Sort-of-CLEVR question; a GRU learned far slower on 2 cores

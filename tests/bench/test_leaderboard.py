@@ -186,5 +186,5 @@ def test_from_pixels_vector_fusions_see_every_cell_and_attention_fusions_the_cel
                       entry_config("dan", {}, pixels=True)["model"]["inputs"]["v"])):
         assert vec["encoder"] == att["encoder"] == "cnn" and vec["group_key"] == att["group_key"] == "image_id"
         assert vec["flatten"] is True and (vec["height"], vec["width"]) == ("auto", "auto")  # the RN paper's CNN+MLP
-        assert "flatten" not in att  # attention fusions attend over the grid cells
+        assert "flatten" not in att and att["num_layers"] == 3  # attention fusions: over a 10 x 10 grid of cells
     assert "group_key" not in entry_config("dan", {}, pixels=False)["model"]["inputs"]["v"]
