@@ -19,8 +19,8 @@
 #                    (issue 4)                                                         default   90
 #   throughput       mmfuse run --only dan on region features, 30 s of training (the
 #                    data build and the test come on top): samples/s (issue 6)         default   60
-#   pixels           mmfuse run --pixels --only concat_mlp,dan (the CNN+MLP and DAN over the
-#                    cells), lr 1e-3, 500 warm-up steps, 30 epochs or 1.1 minutes of
+#   pixels           mmfuse run --pixels --only concat_mlp,san (the CNN+MLP and SAN over the
+#                    10 x 10 cells), lr 1e-3, 500 warm-up steps, 30 epochs or 1.1 minutes of
 #                    training each (issue 6's from-pixels target)                      default  160
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
 #                    resumable part; run it again to continue (issue 7)                         420
@@ -70,7 +70,7 @@ if [ "$SMOKE" = 1 ]; then
     COMPILE=(--fusions "mlb" --batch 8 --repeat 1 --rounds 1 --no-block --shapes 2d)
     ATT=(--fusions "san,ban" --quick)
     RUN=(--epochs 1 --n-train 40)
-    PIX=(--only concat_mlp,dan --epochs 1 --n-train 40)
+    PIX=(--only concat_mlp,san --epochs 1 --n-train 40)
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
 else
     F32=(--batch 128 --rounds 3 --repeat 5)
@@ -78,7 +78,7 @@ else
     COMPILE=(--fusions "mlb,mfh,mutan,block,tucker,block_tucker,mcb,mfb" --batch 2048 --shapes 2d --autocast bf16 --compile --no-block --rounds 1 --repeat 5)
     ATT=(--no-compile)
     RUN=(--train.max_minutes 0.5)
-    PIX=(--only concat_mlp,dan --epochs 30 --train.lr 1e-3 --train.warmup_steps 500 --train.max_minutes 1.1)
+    PIX=(--only concat_mlp,san --epochs 30 --train.lr 1e-3 --train.warmup_steps 500 --train.max_minutes 1.1)
     LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
 fi
 MICRO_EXTRA=()
