@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 import mmfuse
 from mmfuse.bench import micro
 from mmfuse.bench.micro import GemmRecorder, machine  # noqa: F401  (re-exported: benchmarks/attention.py)
+from mmfuse.data._io import atomic_write_bytes
 
 # the measurement core lives in mmfuse.bench.micro; these names are kept for benchmarks/attention.py
 _time, _sync, _status_mb, _fmt = micro.time_ms, micro.sync, micro.status_mb, micro.fmt
@@ -340,11 +340,8 @@ def main(argv=None) -> int:
 
 
 def _write_json(path: str, payload) -> None:
-    """Write ``payload`` as JSON atomically (a temporary file renamed over ``path``)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+    """Write ``payload`` as JSON atomically (mmfuse's temp file + fsync + rename)."""
+    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ from typing import Any
 
 import mmfuse
 
-from .run import region_encoder
+from ..data._io import atomic_write_bytes
+from .run import pixel_encoder, region_encoder
 
 __all__ = [
     "DEFAULT_TASKS",
@@ -250,12 +251,7 @@ def _input_specs(task: Task, kind: str) -> dict[str, dict[str, Any]]:
     if image == "regions":
         v = region_encoder(HIDDEN)  # the encoder of ``mmfuse run``
     else:
-        v = {"encoder": "cnn", "key": "image", "in_channels": 3, "channels": 24, "num_layers": 4, "coords": True,
-             "dim": HIDDEN, "group_key": "image_id"}  # the CNN runs once per image of a batch
-        if kind == "vector":  # the relation-network CNN+MLP: every cell's features, in place
-            v.update(flatten=True, height="auto", width="auto")
-        else:  # attention over a 10 x 10 grid, about one object a cell (over 5 x 5 it stayed at the prior)
-            v["num_layers"] = 3
+        v = pixel_encoder(HIDDEN, kind)  # the from-pixels encoder of ``mmfuse run --pixels``
     if question == "tokens":
         # vector fusions: the bag of words' sum; attention fusions: the words
         q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",
@@ -570,10 +566,8 @@ def format_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def _load_results(path: Path) -> dict[str, Any]:
@@ -745,7 +739,7 @@ def run_leaderboard_bench(
     qtype_names: list[str] = []
 
     def save() -> None:
-        _write_atomic(results_path, json.dumps(state, indent=1) + "\n")
+        _write_text(results_path, json.dumps(state, indent=1) + "\n")
 
     for task_name in tasks:
         task = TASKS[task_name]
@@ -847,8 +841,8 @@ def run_leaderboard_bench(
     if failed:
         markdown += "\nFailed (not stored; retried on the next run):\n\n" + "\n".join(
             f"- {k}: {v}" for k, v in failed.items()) + "\n"
-    _write_atomic(out / "leaderboard.md", markdown)
-    _write_atomic(out / "leaderboard.csv", format_csv(rows))
+    _write_text(out / "leaderboard.md", markdown)
+    _write_text(out / "leaderboard.csv", format_csv(rows))
     files: list[Path] = []
     if plots and rows:
         from .plots import plot_all

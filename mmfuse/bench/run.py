@@ -23,7 +23,9 @@ from typing import Any
 
 import mmfuse
 
-__all__ = ["DEFAULT_ENTRIES", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "region_encoder", "run_leaderboard", "format_table"]
+from ..data._io import atomic_write_bytes
+
+__all__ = ["DEFAULT_ENTRIES", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
 
 # (entry name, fusion name, fusion knobs): the concat baseline and models of every family. Widths
 # are 64-128 everywhere; the choices below are recorded with their measurements in docs/BENCHMARKS.md
@@ -73,6 +75,24 @@ def region_encoder(dim: int) -> dict[str, Any]:
             "fourier_frequencies": 4}
 
 
+def pixel_encoder(dim: int, kind: str) -> dict[str, Any]:
+    """The Sort-of-CLEVR from-pixels encoder of ``mmfuse run --pixels`` and the leaderboard's
+    ``soc_pixels`` task, for a fusion of ``kind`` ("vector" or "attention").
+
+    Batches hold every question of their images and the CNN runs once per image (``group_key``).
+    Vector fusions get the relation-network CNN+MLP input, every cell of the 5 x 5 grid in place
+    (the mean of the cells holds no position); attention fusions attend over a 10 x 10 grid (3
+    conv layers), about one object a cell: over 5 x 5 they stayed at the answer prior
+    (docs/BENCHMARKS.md).
+    """
+    v: dict[str, Any] = {"encoder": "cnn", "key": "image", "dim": dim, "group_key": "image_id"}
+    if kind == "vector":
+        v.update(flatten=True, height="auto", width="auto")
+    else:
+        v["num_layers"] = 3
+    return v
+
+
 def entry_config(
     fusion: str,
     knobs: dict[str, Any],
@@ -87,14 +107,7 @@ def entry_config(
 ) -> dict[str, Any]:
     """The full training config of one leaderboard entry."""
     dim = 64
-    if pixels:  # batches hold every question of their images and the CNN runs once per image
-        v = {"encoder": "cnn", "key": "image", "dim": dim, "group_key": "image_id"}
-        if mmfuse.fusion_info(fusion).kind == "vector":  # the relation-network CNN+MLP: every cell, in place
-            v.update(flatten=True, height="auto", width="auto")
-        else:  # attention over a 10 x 10 grid, about one object a cell: over 5 x 5 it stayed at the prior
-            v["num_layers"] = 3
-    else:
-        v = region_encoder(dim)
+    v = pixel_encoder(dim, mmfuse.fusion_info(fusion).kind) if pixels else region_encoder(dim)
     # a bag of words identifies every Sort-of-CLEVR question; a GRU learned far slower on 2 cores
     q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",
          "dim": dim, "feed": "vector"}
@@ -214,10 +227,8 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def run_leaderboard(
@@ -259,9 +270,9 @@ def run_leaderboard(
         row = _row(entry, fusion, result, params)
         rows.append(row)
         done[entry] = row
-        _write_atomic(done_path, json.dumps(done, indent=1))
+        _write_text(done_path, json.dumps(done, indent=1))
     table = format_table(rows)
-    _write_atomic(run_dir / "leaderboard.md", table + "\n")
+    _write_text(run_dir / "leaderboard.md", table + "\n")
     with open(run_dir / "leaderboard.csv.tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
