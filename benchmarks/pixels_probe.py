@@ -79,14 +79,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.fusion is not None and mmfuse.fusion_info(args.fusion).kind != "attention":
+        p.error(f"--fusion: expected an attention fusion, got {args.fusion!r} "
+                f"(known: {', '.join(mmfuse.list_fusions(kind='attention'))})")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     data = soc.load_sort_of_clevr(soc.make_sort_of_clevr(seed=args.seed, n_train=args.n_train))
     images, bits, answers, _ = _split(data.splits["train"])
     t_images, t_bits, t_answers, t_rel = _split(data.splits["test"])
-    if args.fusion is not None and mmfuse.fusion_info(args.fusion).kind != "attention":
-        p.error(f"--fusion: expected an attention fusion, got {args.fusion!r} "
-                f"(known: {', '.join(mmfuse.list_fusions(kind='attention'))})")
     model = Probe(len(data.answer_vocab), args.pool, fusion=args.fusion, layers=args.layers)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     start = time.perf_counter()
