@@ -231,3 +231,50 @@ def test_group_key_encodes_each_image_once_with_the_same_result():
     grouped({k: v for k, v in batch.items() if k != "image_id"})
     grouped({**batch, "image_id": torch.arange(6)})
     assert calls == [6, 6]
+
+
+def test_norm_layer_normalises_each_row_and_the_vector_and_keeps_padding_zero():
+    torch.manual_seed(0)
+    fusion = {"name": "soft_attention", "out_dim": 12, "hidden_dim": 8}
+    normed = build_model(soc_config(fusion, v={**V_REGIONS, "norm": "layer"}, q={**Q_GRU, "norm": "layer"})).double()
+    plain = build_model(soc_config(fusion)).double()
+    assert set(normed.norms) == {"v", "q"} and len(plain.norms) == 0
+    assert not any(k.startswith("norms.") for k in plain.state_dict())  # older checkpoints keep loading
+    missing = plain.load_state_dict(normed.state_dict(), strict=False)
+    assert sorted(missing.unexpected_keys) == ["norms.q.bias", "norms.q.weight", "norms.v.bias", "norms.v.weight"]
+    with torch.no_grad():  # a gain and bias that are not the identity, so the test sees them
+        for norm in normed.norms.values():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in soc_batch().items()}
+    got, raw = normed.encode(batch), plain.encode(batch)
+    for name in ("v", "q"):
+        g, w, b = normed.norms[name].weight, normed.norms[name].bias, 1e-5
+        def ref(x):  # LayerNorm written out: (x - mean) / sqrt(var + eps) * gain + bias
+            mu = x.mean(-1, keepdim=True)
+            var = ((x - mu) ** 2).mean(-1, keepdim=True)
+            return (x - mu) / torch.sqrt(var + b) * g + w
+        mask = raw[name].mask.unsqueeze(-1).double()
+        torch.testing.assert_close(got[name].seq, ref(raw[name].seq) * mask)
+        torch.testing.assert_close(got[name].vec, ref(raw[name].vec))
+    assert (got["v"].seq[-1, -2:] == 0).all()  # the padded regions of the last scene
+    out = normed(batch)
+    assert_every_parameter_learns(normed, out, batch["answer"])
+
+
+def test_norm_layer_with_group_key_matches_row_by_row():
+    cfg = soc_config({"name": "mlb", "out_dim": 12, "hidden_dim": 8, "dropout_input": 0.0},
+                     v={**V_REGIONS, "norm": "layer", "group_key": "image_id"}, q={**Q_GRU, "norm": "layer"})
+    torch.manual_seed(0)
+    model = build_model(cfg).double().eval()
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in soc_batch().items()}
+    batch["regions"][1] = batch["regions"][0]
+    batch["region_mask"][1] = batch["region_mask"][0]
+    grouped = model({**batch, "image_id": torch.tensor([0, 0, 1, 2])}).logits
+    torch.testing.assert_close(grouped, model(batch).logits, rtol=0, atol=1e-12)
+
+
+def test_norm_rejects_an_unknown_value():
+    from mmfuse.models import ConfigError
+    with pytest.raises(ConfigError, match=r"model\.inputs\.q\.norm.*batch"):
+        build_model(soc_config({"name": "mlb", "out_dim": 12}, q={**Q_GRU, "norm": "batch"}))
