@@ -65,6 +65,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     lb.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     lb.add_argument("--max-minutes", type=float, default=None, metavar="M",
                     help="start no entry that would end past M minutes; rerun the same command to continue")
+    lb.add_argument("--input-norm", choices=("none", "layer"), default="none",
+                    help="layer: a LayerNorm on every input's encoder outputs, for every fusion (use its own --out)")
     lb.set_defaults(func=run_bench)
 
     fu = bench.add_parser("fusions", help="micro-benchmark of every registered fusion (params, time, memory)",
@@ -96,7 +98,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
     result = run_leaderboard_bench(
         tasks, args.fusions, seeds=args.seeds, budget=budget, out_dir=args.out, quick=args.quick,
         robustness=args.robustness, robustness_baseline=args.robustness_baseline, n_train=args.n_train, n_test=args.n_test, device=args.device, plots=args.plots,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes, input_norm=args.input_norm,
     )
     print("\n" + result.markdown)
     print(f"results: {result.out_dir}/leaderboard.md, leaderboard.csv, results.json"

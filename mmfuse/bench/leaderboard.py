@@ -270,8 +270,16 @@ def task_config(
     budget: int | Mapping[str, int] | None = None,
     n_train: int | None = None,
     n_test: int | None = None,
+    input_norm: str = "none",
 ) -> dict[str, Any]:
-    """The full training config of one entry (``knobs`` default to :func:`preset_for`)."""
+    """The full training config of one entry (``knobs`` default to :func:`preset_for`).
+
+    ``input_norm="layer"`` puts a LayerNorm on every input's encoder outputs (``norm: layer``),
+    for every fusion alike; ``"none"`` (the default) leaves the configs, and so the digests of
+    entries already trained, unchanged.
+    """
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
     t = TASKS[task] if isinstance(task, str) else task
     info = mmfuse.fusion_info(fusion)
     knobs = preset_for(fusion)[0] if knobs is None else copy.deepcopy(dict(knobs))
@@ -286,7 +294,8 @@ def task_config(
         "name": f"{t.name}-{fusion}-seed{seed}",
         "model": {
             "task": {"kind": "classification", "num_outputs": "auto"},
-            "inputs": _input_specs(t, info.kind),
+            "inputs": {name: ({**spec, "norm": input_norm} if input_norm != "none" else spec)
+                       for name, spec in _input_specs(t, info.kind).items()},
             "fusion": {"name": fusion, "out_dim": HIDDEN, **knobs},
             "head": head,
         },
@@ -294,6 +303,9 @@ def task_config(
         "train": {**copy.deepcopy(t.train), "max_epochs": epochs, "max_steps": steps, "seed": int(seed),
                   "progress_bar": False, "checkpoint_every_n_steps": 500, "log_every_n_steps": 50},
     }
+
+
+INPUT_NORMS = ("none", "layer")
 
 
 def _budget(budget: int | Mapping[str, int] | None, task: Task) -> tuple[int, int]:
@@ -673,6 +685,7 @@ def run_leaderboard_bench(
     device: str | None = None,
     plots: bool = True,
     max_minutes: float | None = None,
+    input_norm: str = "none",
     train_fn: Callable[..., Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> LeaderboardResult:
@@ -696,6 +709,8 @@ def run_leaderboard_bench(
             the longest entry of this call so far would pass it; the entries left are counted in
             ``LeaderboardResult.left`` and the same call run again continues with them (a full
             leaderboard as resumable parts of at most that many minutes).
+        input_norm: ``"layer"``: a LayerNorm on every input's encoder outputs, for every entry
+            (:func:`task_config`); it changes the entries' configs, so use its own ``out_dir``.
         train_fn: the trainer (default :func:`mmfuse.train.train`); tests pass a counting wrapper.
         log: progress lines.
 
@@ -723,6 +738,8 @@ def run_leaderboard_bench(
         raise ValueError(f"seeds: expected a count >= 1 or a list of seeds, got {seeds!r}")
     for t in tasks:
         _budget(budget, TASKS[t])  # fail before any training
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
     if max_minutes is not None and not max_minutes >= 0:  # NaN too
         raise ValueError(f"max_minutes: expected a number of minutes >= 0, got {max_minutes!r}")
     start, longest = time.monotonic(), 0.0  # the time limit counts from here
@@ -743,7 +760,8 @@ def run_leaderboard_bench(
 
     for task_name in tasks:
         task = TASKS[task_name]
-        base = load_config(task_config(task, "concat", seed=0, budget=budget, n_train=n_train, n_test=n_test))
+        base = load_config(task_config(task, "concat", seed=0, budget=budget, n_train=n_train, n_test=n_test,
+                                       input_norm=input_norm))
         datamodule = build_datamodule(base["data"])
         datamodule.setup()
         qtype_names = qtype_names or list(datamodule.info.get("qtype_names") or [])
@@ -755,7 +773,7 @@ def run_leaderboard_bench(
             reason = incompatibility(task, fusion)
             if reason is None:
                 reason = _probe(load_config(task_config(task, fusion, knobs, seed=0, budget=budget, n_train=n_train,
-                                                        n_test=n_test)), datamodule)
+                                                        n_test=n_test, input_norm=input_norm)), datamodule)
             if reason is not None:
                 log(f"[{pair}] skipped: {reason}")
                 if skipped.get(pair) != reason:
@@ -766,7 +784,8 @@ def run_leaderboard_bench(
                 save()
             for seed in seed_list:
                 key = f"{pair}/seed{seed}"
-                config = task_config(task, fusion, knobs, seed=seed, budget=budget, n_train=n_train, n_test=n_test)
+                config = task_config(task, fusion, knobs, seed=seed, budget=budget, n_train=n_train, n_test=n_test,
+                                     input_norm=input_norm)
                 digest = _digest(config)
                 old = entries.get(key)
                 levels = [float(x) for x in (noise_levels or NOISE_LEVELS)]

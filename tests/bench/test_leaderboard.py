@@ -188,3 +188,22 @@ def test_from_pixels_vector_fusions_see_every_cell_and_attention_fusions_the_cel
         assert vec["flatten"] is True and (vec["height"], vec["width"]) == ("auto", "auto")  # the RN paper's CNN+MLP
         assert "flatten" not in att and att["num_layers"] == 3  # attention fusions: over a 10 x 10 grid of cells
     assert "group_key" not in entry_config("dan", {}, pixels=False)["model"]["inputs"]["v"]
+
+
+def test_input_norm_puts_a_layernorm_on_every_input_and_changes_the_digest(tmp_path):
+    plain, normed = lb.task_config("soc", "san"), lb.task_config("soc", "san", input_norm="layer")
+    assert all("norm" not in spec for spec in plain["model"]["inputs"].values())  # old digests stay valid
+    assert [spec["norm"] for spec in normed["model"]["inputs"].values()] == ["layer", "layer"]
+    assert lb._digest(plain) != lb._digest(normed)
+    three = lb.task_config("interactions_o3", "lmf", input_norm="layer")["model"]["inputs"]
+    assert len(three) == 3 and all(spec["norm"] == "layer" for spec in three.values())
+    with pytest.raises(ValueError, match="input_norm: expected one of none, layer, got 'batch'"):
+        lb.task_config("soc", "san", input_norm="batch")
+    with pytest.raises(ValueError, match="input_norm"):
+        lb.run_leaderboard_bench(["interactions_o1"], "concat", seeds=1, out_dir=tmp_path, input_norm="batch",
+                                 log=lambda s: None, device="cpu", plots=False, **TINY)
+    # an entry trains end to end with it
+    lines: list[str] = []
+    result = lb.run_leaderboard_bench(["interactions_o1"], "lmf", seeds=1, budget={"epochs": 1}, out_dir=tmp_path,
+                                      input_norm="layer", log=lines.append, device="cpu", plots=False, **TINY)
+    assert result.trained == 1 and len(result.rows) == 1 and result.rows[0]["accuracy_mean"] is not None
