@@ -24,6 +24,9 @@
 #                    training each (issue 6's from-pixels target)                      default  160
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
 #                    resumable part; run it again to continue (issue 7)                         420
+#   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
+#                    most attention fusions sit at the answer prior through 8 epochs,
+#                    docs/BENCHMARKS.md), 3 seeds, --max-minutes 6, resumable (issue 7)        420
 # Each JSON table is rewritten after every row, so a part stopped at its cap keeps what it
 # measured; the two training runs' run.json and metrics.csv come back in $OUT/runs.tar.gz.
 #
@@ -72,6 +75,7 @@ if [ "$SMOKE" = 1 ]; then
     RUN=(--epochs 1 --n-train 40)
     PIX=(--only concat_mlp,san --epochs 1 --n-train 40)
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
+    LB_SOC=(--fusions "concat,san" --seeds 1 --n-train 40 --epochs 1)
 else
     F32=(--batch 128 --rounds 3 --repeat 5)
     BF16=(--batch 2048 --shapes 2d --autocast bf16 --square-baseline --rounds 3 --repeat 5)
@@ -80,6 +84,7 @@ else
     RUN=(--train.max_minutes 0.5)
     PIX=(--only concat_mlp,san --epochs 30 --train.lr 1e-3 --train.warmup_steps 500 --train.max_minutes 1.1)
     LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
+    LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
 fi
 MICRO_EXTRA=()
 [ "$DEVICE" = cpu ] && MICRO_EXTRA=(--no-memory)
@@ -117,8 +122,13 @@ run_part() {
             part leaderboard 420 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/leaderboard" "${LB[@]}"
             copy "$WORK/leaderboard/leaderboard.md" leaderboard.md
             ;;
+        leaderboard_soc)
+            part leaderboard_soc 420 "$PY" -m mmfuse bench leaderboard --tasks soc --input-norm layer --device "$DEVICE" \
+                --out "$WORK/leaderboard_soc" "${LB_SOC[@]}"
+            copy "$WORK/leaderboard_soc/leaderboard.md" leaderboard_soc.md
+            ;;
         *)
-            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels leaderboard)" | tee -a "$LOG"
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels leaderboard leaderboard_soc)" | tee -a "$LOG"
             return 2
             ;;
     esac
@@ -130,6 +140,6 @@ for p in "${parts[@]}"; do
     run_part "$p"
 done
 # the training runs' own records (samples/s, per-epoch validation), one file for the 8-file limit
-runs=$(cd "$WORK" && find run pixels leaderboard \( -name run.json -o -name metrics.csv -o -name results.json \) 2>/dev/null)
+runs=$(cd "$WORK" && find run pixels leaderboard leaderboard_soc \( -name run.json -o -name metrics.csv -o -name results.json \) 2>/dev/null)
 [ -n "$runs" ] && (cd "$WORK" && tar czf "$OUT/runs.tar.gz" $runs)
 echo "== done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -54,3 +54,15 @@ def test_unknown_part_is_named(tmp_path):
     _run(tmp_path, "gpu_magic")
     log = (tmp_path / "out" / "device.log").read_text()
     assert "unknown part 'gpu_magic'" in log
+
+
+def test_leaderboard_soc_part_trains_with_the_input_layernorms(tmp_path):
+    r = _run(tmp_path, "leaderboard_soc")
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert "== leaderboard_soc: rc 0" in log, log[-2000:]
+    table = (tmp_path / "out" / "leaderboard_soc.md").read_text()
+    assert "| san |" in table and "| concat |" in table
+    import json
+
+    entries = json.loads((tmp_path / "work" / "leaderboard_soc" / "results.json").read_text())["entries"]
+    assert len(entries) == 2 and r.returncode == 0
