@@ -1,0 +1,87 @@
+"""Where a Sort-of-CLEVR model misses "closest" / "furthest": accuracy against the distance gap.
+
+For every test question of those two types, the gap is how much farther the second-nearest
+object is than the nearest ("closest"), or how much nearer the second-farthest is than the
+farthest ("furthest"), in pixels, measured from the region rows' (x, y) columns. A model whose
+errors sit in the first bucket lacks precision; errors at gaps of several pixels are a coarse
+distance comparison.
+
+    python benchmarks/relational_gaps.py RUN/dan/model          # a model folder of mmfuse run / train
+
+The model must read Sort-of-CLEVR region features and question tokens (the main job's models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import mmfuse
+from mmfuse.data.sort_of_clevr import COLOUR_NAMES, IMAGE_SIZE, QTYPE_NAMES
+from mmfuse.train import build_datamodule, validate_config
+from mmfuse.train.checkpoint import read_config
+
+BUCKETS = ((0.0, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, float("inf")))
+CLOSEST, FURTHEST = QTYPE_NAMES.index("closest"), QTYPE_NAMES.index("furthest")
+
+
+def gaps(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor) -> torch.Tensor:
+    """Per row: the pixel gap between the answer object and the runner-up.
+
+    ``regions`` [B, 6, 10] (colour one-hot in columns 0-5, x and y in [0, 1] in 8-9), ``colour``
+    [B] the question's colour id, ``qtype`` [B] (closest or furthest) -> Tensor[B].
+    """
+    xy = regions[..., 8:10] * (IMAGE_SIZE - 1)  # [B, 6, 2] pixels
+    own = regions[..., :6].argmax(-1) == colour[:, None]  # [B, 6] the named object's row
+    ref = (xy * own[..., None]).sum(1, keepdim=True)  # [B, 1, 2]
+    d = ((xy - ref) ** 2).sum(-1).sqrt()  # [B, 6]
+    others = d.masked_fill(own, float("nan")).sort(-1).values[:, :-1]  # the 5 others, ascending
+    near = others[:, 1] - others[:, 0]
+    far = others[:, -1] - others[:, -2]
+    return torch.where(qtype == CLOSEST, near, far)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="a model folder (mmfuse run / mmfuse train output)")
+    args = p.parse_args(argv)
+    model = mmfuse.load(args.model).eval()
+    cfg = validate_config(read_config(args.model))
+    if cfg["data"]["name"] != "sort-of-clevr" or cfg["data"].get("representation") != "regions" \
+            or cfg["data"].get("question") != "tokens":
+        p.error(f"expected a model on Sort-of-CLEVR regions + question tokens, got data {cfg['data']['name']!r} "
+                f"({cfg['data'].get('representation')}, {cfg['data'].get('question')})")
+    dm = build_datamodule(cfg["data"])
+    dm.setup("test")
+    words = dm.info["word_vocab"]
+    colour_ids = torch.tensor([words.index(c) for c in COLOUR_NAMES])
+    all_gaps, all_right, all_types = [], [], []
+    with torch.no_grad():
+        for b in dm.test_dataloader():
+            keep = (b["qtype"] == CLOSEST) | (b["qtype"] == FURTHEST)
+            if not keep.any():
+                continue
+            right = model(b).logits.argmax(-1) == b["answer"]
+            colour = (b["question_tokens"][:, :, None] == colour_ids).any(1).float().argmax(-1)  # [B]
+            all_gaps.append(gaps(b["regions"], colour, b["qtype"])[keep])
+            all_right.append(right[keep])
+            all_types.append(b["qtype"][keep])
+    g, r, t = torch.cat(all_gaps), torch.cat(all_right), torch.cat(all_types)
+    print("| question | gap (px) | questions | accuracy (%) |")
+    print("|---|---|---|---|")
+    for qt in (CLOSEST, FURTHEST):
+        name = QTYPE_NAMES[qt]
+        m = t == qt
+        print(f"| {name} | all | {int(m.sum())} | {100 * r[m].float().mean():.1f} |")
+        for lo, hi in BUCKETS:
+            b = m & (g >= lo) & (g < hi)
+            label = f">= {lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}"
+            acc = f"{100 * r[b].float().mean():.1f}" if b.any() else "-"
+            print(f"| {name} | {label} | {int(b.sum())} | {acc} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""benchmarks/relational_gaps.py: the distance gap between the answer object and the runner-up."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "relational_gaps.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("relational_gaps", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gaps_against_hand_computed_distances():
+    mod = _module()
+    # six objects (colour k in row order 5, 4, ..., 0), pixel centres below; the question names colour 2
+    xy = torch.tensor([[10., 10.], [20., 10.], [10., 30.], [14., 33.], [70., 70.], [10., 70.]])
+    colours = torch.tensor([5, 4, 2, 3, 1, 0])
+    regions = torch.zeros(2, 6, 10)
+    regions[:, torch.arange(6), colours] = 1.0
+    regions[:, :, 8:10] = xy / 74.0
+    # distances from (10, 30): 20, 22.36, 5, 72.11, 40 -> nearest 5, second 20; farthest 72.11, second 40
+    g = mod.gaps(regions, torch.tensor([2, 2]), torch.tensor([mod.CLOSEST, mod.FURTHEST]))
+    torch.testing.assert_close(g, torch.tensor([15.0, 5200 ** 0.5 - 40.0]), rtol=0, atol=1e-4)
