@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pixels_probe.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("pixels_probe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("pixels_probe")
 
 
 @pytest.mark.parametrize("fusion", [None, "dan"])

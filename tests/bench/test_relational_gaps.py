@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "relational_gaps.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("relational_gaps", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from script_helpers import load_script
 
 
 def test_gaps_against_hand_computed_distances():
-    mod = _module()
+    mod = load_script("relational_gaps")
     # six objects (colour k in row order 5, 4, ..., 0), pixel centres below; the question names colour 2
     xy = torch.tensor([[10., 10.], [20., 10.], [10., 30.], [14., 33.], [70., 70.], [10., 70.]])
     colours = torch.tensor([5, 4, 2, 3, 1, 0])
