@@ -65,6 +65,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     lb.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     lb.add_argument("--max-minutes", type=float, default=None, metavar="M",
                     help="start no entry that would end past M minutes; rerun the same command to continue")
+    # mmfuse.models.task.INPUT_NORMS, spelt out so that building the parser imports no torch
     lb.add_argument("--input-norm", choices=("none", "layer"), default="none",
                     help="layer: a LayerNorm on every input's encoder outputs, for every fusion (use its own --out)")
     lb.set_defaults(func=run_bench)

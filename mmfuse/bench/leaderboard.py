@@ -66,6 +66,7 @@ from typing import Any
 import mmfuse
 
 from ..data._io import atomic_write_bytes
+from ..models.task import INPUT_NORMS
 from .run import pixel_encoder, region_encoder
 
 __all__ = [
@@ -278,8 +279,7 @@ def task_config(
     for every fusion alike; ``"none"`` (the default) leaves the configs, and so the digests of
     entries already trained, unchanged.
     """
-    if input_norm not in INPUT_NORMS:
-        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
+    _check_input_norm(input_norm)
     t = TASKS[task] if isinstance(task, str) else task
     info = mmfuse.fusion_info(fusion)
     knobs = preset_for(fusion)[0] if knobs is None else copy.deepcopy(dict(knobs))
@@ -305,7 +305,9 @@ def task_config(
     }
 
 
-INPUT_NORMS = ("none", "layer")
+def _check_input_norm(input_norm: str) -> None:
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
 
 
 def _budget(budget: int | Mapping[str, int] | None, task: Task) -> tuple[int, int]:
@@ -738,8 +740,7 @@ def run_leaderboard_bench(
         raise ValueError(f"seeds: expected a count >= 1 or a list of seeds, got {seeds!r}")
     for t in tasks:
         _budget(budget, TASKS[t])  # fail before any training
-    if input_norm not in INPUT_NORMS:
-        raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
+    _check_input_norm(input_norm)  # before the run folder is made
     if max_minutes is not None and not max_minutes >= 0:  # NaN too
         raise ValueError(f"max_minutes: expected a number of minutes >= 0, got {max_minutes!r}")
     start, longest = time.monotonic(), 0.0  # the time limit counts from here

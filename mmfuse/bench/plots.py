@@ -46,10 +46,11 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, *, dpi: int = 120, bbox_inches: str | None = "tight") -> Path:
+    """Write ``fig`` to ``path`` atomically and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches)
     _plt().close(fig)
     os.replace(tmp, path)
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import mmfuse
 
 from ..data._io import atomic_write_bytes
+from .plots import _save
 
 __all__ = ["DEFAULT_ENTRIES", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
 
@@ -221,10 +223,7 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     ax2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path, dpi=110, bbox_inches=None)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -273,11 +272,11 @@ def run_leaderboard(
         _write_text(done_path, json.dumps(done, indent=1))
     table = format_table(rows)
     _write_text(run_dir / "leaderboard.md", table + "\n")
-    with open(run_dir / "leaderboard.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(run_dir / "leaderboard.csv.tmp", run_dir / "leaderboard.csv")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(run_dir / "leaderboard.csv", buf.getvalue())
     what = "pixels (CNN grid)" if pixels else "object-level region features"
     _plot(rows, run_dir / "leaderboard.png", f"Sort-of-CLEVR test accuracy, {what}, same encoders and budget")
     return rows, run_dir

@@ -63,9 +63,10 @@ from .config import (
 )
 from .encoders import ENCODERS, Encoded, Encoder
 
-__all__ = ["ModelOutput", "TaskModel", "build_model", "normalize_model_config", "TASK_KINDS"]
+__all__ = ["ModelOutput", "TaskModel", "build_model", "normalize_model_config", "INPUT_NORMS", "TASK_KINDS"]
 
 TASK_KINDS = ("classification", "multilabel", "regression")
+INPUT_NORMS = ("none", "layer")  # an input's ``norm``
 
 _TASK_FIELDS = {"kind": Field(choice(*TASK_KINDS)), "num_outputs": Field(positive_int)}
 _HEAD_FIELDS = {
@@ -79,7 +80,7 @@ _INPUT_FIELDS = {
     "mask_key": Field(optional(string), None),
     "group_key": Field(optional(string), None),
     "feed": Field(choice("auto", "sequence", "vector"), "auto"),
-    "norm": Field(choice("none", "layer"), "none"),
+    "norm": Field(choice(*INPUT_NORMS), "none"),
 }
 _SECTIONS = ("task", "inputs", "fusion", "head")
 # constructor arguments the model sets itself
