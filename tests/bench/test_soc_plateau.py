@@ -36,3 +36,25 @@ def test_bad_arguments_name_what_was_expected(tmp_path):
     assert r.returncode == 2 and "unknown variant 'nope'" in r.stderr
     r = _run(tmp_path, "--fusions", "not_a_fusion")
     assert r.returncode == 2 and "unknown fusion 'not_a_fusion'" in r.stderr
+
+
+def test_accuracy_counts_right_answers_per_group_and_variants_set_the_options():
+    from script_helpers import load_script
+    import torch
+    from mmfuse.bench.leaderboard import task_config
+    from mmfuse.train.config import apply_overrides
+
+    mod = load_script("soc_plateau")
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])  # predictions 0, 1, 0, 1
+    batch = {"answer": torch.tensor([0, 0, 0, 1])}
+    relational = torch.tensor([False, False, True, True])
+    hits: dict = {}
+    mod._accuracy(logits, batch, relational, hits)
+    assert hits == {"non_relational": [1, 2], "relational": [2, 2]}
+    assert mod._rate(hits, "non_relational") == 0.5 and mod._rate(hits, "relational") == 1.0
+    assert mod._rate({}, "relational") != mod._rate({}, "relational")  # NaN where nothing was counted
+    inputs = apply_overrides(task_config("soc", "san"), mod.VARIANTS["norm"])["model"]["inputs"]
+    assert (inputs["v"]["norm"], inputs["q"]["norm"], inputs["q"]["feed"]) == ("layer", "layer", "vector")
+    words = apply_overrides(task_config("soc", "san"), mod.VARIANTS["norm_words"])["model"]["inputs"]
+    assert (words["q"]["norm"], words["q"]["feed"]) == ("layer", "sequence")
+    assert mod.VARIANTS["base"] == []
