@@ -151,16 +151,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .bench.run import DEFAULT_ENTRIES, EXTRA_ENTRIES, run_leaderboard
+    from .bench.run import DEFAULT_ENTRIES, resolve_entries, run_leaderboard
 
     entries = DEFAULT_ENTRIES
     if args.only:
-        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        known = (*DEFAULT_ENTRIES, *EXTRA_ENTRIES)
-        unknown = sorted(set(wanted) - {e[0] for e in known})
-        if unknown:
-            raise ValueError(f"--only: unknown entries {unknown}; expected some of {[e[0] for e in known]}")
-        entries = tuple(e for e in known if e[0] in wanted)
+        entries = resolve_entries([n.strip() for n in args.only.split(",") if n.strip()])
     rows, run_dir = run_leaderboard(
         args.out, entries=entries, pixels=args.pixels, seed=args.seed, epochs=args.epochs,
         n_train=args.n_train, overrides=_dotted(args.extra),
@@ -229,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per entry (default: the preset's)")
     p.add_argument("--n-train", type=int, default=None, help="training images (default 9800)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", default=None, help="comma-separated entries to train")
+    p.add_argument("--only", default=None, help="comma-separated entries to train: the run's entries, "
+                   "soft_attention, mcan, or any registered fusion (with its leaderboard preset)")
     p.set_defaults(func=_cmd_run, extra=[])
 
     from .bench.cli import add_bench_parser

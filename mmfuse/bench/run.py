@@ -27,7 +27,7 @@ import mmfuse
 from ..data._io import atomic_write_bytes
 from .plots import _save
 
-__all__ = ["DEFAULT_ENTRIES", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
+__all__ = ["DEFAULT_ENTRIES", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "resolve_entries", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
 
 # (entry name, fusion name, fusion knobs): the concat baseline and models of every family. Widths
 # are 64-128 everywhere; the choices below are recorded with their measurements in docs/BENCHMARKS.md
@@ -61,6 +61,32 @@ ENTRY_TRAIN: dict[str, dict[str, Any]] = {"lxmert": {"lr": 1e-3}}
 
 DEFAULT_EPOCHS = 12
 QTYPES = ("shape", "left", "top", "closest", "furthest", "count")
+
+
+def resolve_entries(names: Sequence[str]) -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    """The entries ``mmfuse run --only`` trains, in the order given.
+
+    A name is an entry of :data:`DEFAULT_ENTRIES` / :data:`EXTRA_ENTRIES` (their tuned knobs), or
+    any registered fusion, which then gets its small preset from the fusion leaderboard
+    (``mmfuse.bench.leaderboard.preset_for``): every fusion can be tried on the main job's data,
+    encoders and budget.
+    """
+    known = {e[0]: e for e in (*DEFAULT_ENTRIES, *EXTRA_ENTRIES)}
+    unknown = [n for n in names if n not in known and n not in mmfuse.list_fusions()]
+    if unknown:
+        raise ValueError(f"--only: unknown entries {unknown}; expected entries {sorted(known)} "
+                         f"or registered fusion names (`mmfuse list`)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--only: an entry is named twice in {list(names)}")
+    out = []
+    for n in names:
+        if n in known:
+            out.append(known[n])
+        else:
+            from .leaderboard import preset_for
+
+            out.append((n, n, preset_for(n)[0]))
+    return tuple(out)
 
 
 def region_encoder(dim: int) -> dict[str, Any]:
