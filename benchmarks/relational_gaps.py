@@ -8,6 +8,11 @@ distance comparison.
 
     python benchmarks/relational_gaps.py RUN/dan/model          # a model folder of mmfuse run / train
 
+For an attention model it also prints where the last hop (or glimpse, averaged) looks on those
+questions: its mean weight on the object the question names, on the answer object (the nearest /
+farthest other object), how often its largest weight is on the answer object, and the accuracy
+when it is and when it is not.
+
 The model must read Sort-of-CLEVR region features and question tokens (the main job's models).
 """
 
@@ -27,20 +32,50 @@ BUCKETS = ((0.0, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, float("inf")))
 CLOSEST, FURTHEST = QTYPE_NAMES.index("closest"), QTYPE_NAMES.index("furthest")
 
 
+def _distances(regions: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(own [B, 6] bool: the named object's row, d [B, 6]: pixel distance to it, NaN on its row)``."""
+    xy = regions[..., 8:10] * (IMAGE_SIZE - 1)  # [B, 6, 2] pixels
+    own = regions[..., :6].argmax(-1) == colour[:, None]  # [B, 6] the named object's row
+    ref = (xy * own[..., None]).sum(1, keepdim=True)  # [B, 1, 2]
+    return own, ((xy - ref) ** 2).sum(-1).sqrt().masked_fill(own, float("nan"))
+
+
 def gaps(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor) -> torch.Tensor:
     """Per row: the pixel gap between the answer object and the runner-up.
 
     ``regions`` [B, 6, 10] (colour one-hot in columns 0-5, x and y in [0, 1] in 8-9), ``colour``
     [B] the question's colour id, ``qtype`` [B] (closest or furthest) -> Tensor[B].
     """
-    xy = regions[..., 8:10] * (IMAGE_SIZE - 1)  # [B, 6, 2] pixels
-    own = regions[..., :6].argmax(-1) == colour[:, None]  # [B, 6] the named object's row
-    ref = (xy * own[..., None]).sum(1, keepdim=True)  # [B, 1, 2]
-    d = ((xy - ref) ** 2).sum(-1).sqrt()  # [B, 6]
-    others = d.masked_fill(own, float("nan")).sort(-1).values[:, :-1]  # the 5 others, ascending
+    others = _distances(regions, colour)[1].sort(-1).values[:, :-1]  # the 5 others, ascending (NaN last)
     near = others[:, 1] - others[:, 0]
     far = others[:, -1] - others[:, -2]
     return torch.where(qtype == CLOSEST, near, far)
+
+
+def attention_on(attn: torch.Tensor, regions: torch.Tensor, colour: torch.Tensor,
+                 qtype: torch.Tensor) -> torch.Tensor:
+    """Where a region attention map looks, per row: Tensor[B, 3] of (weight on the named object,
+    weight on the answer object, 1.0 where the largest weight is on the answer object).
+
+    ``attn`` [B, 6] (rows sum to 1), the rest as in :func:`gaps`; the answer object is the
+    nearest other object for "closest" and the farthest for "furthest" (ties: the first row).
+    """
+    own, d = _distances(regions, colour)
+    target = torch.where(qtype == CLOSEST, d.nan_to_num(float("inf")).argmin(-1), d.nan_to_num(-1.0).argmax(-1))
+    on_own = (attn * own).sum(-1)
+    on_target = attn.gather(1, target[:, None]).squeeze(1)
+    return torch.stack([on_own, on_target, (attn.argmax(-1) == target).to(attn.dtype)], dim=1)
+
+
+def _last_map(out) -> torch.Tensor | None:
+    """The last hop's region map [B, K] of a model output (glimpses averaged), None without attention."""
+    a = getattr(out, "attention", None)
+    if a is None:
+        return None
+    hops = a.extras.get("v_attn_hops") if a.extras else None
+    if hops is not None:
+        return hops[:, -1]
+    return None if a.v_attn is None else a.v_attn.mean(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,17 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     dm.setup("test")
     words = dm.info["word_vocab"]
     colour_ids = torch.tensor([words.index(c) for c in COLOUR_NAMES])
-    all_gaps, all_right, all_types = [], [], []
+    all_gaps, all_right, all_types, all_looks = [], [], [], []
     with torch.no_grad():
         for b in dm.test_dataloader():
             keep = (b["qtype"] == CLOSEST) | (b["qtype"] == FURTHEST)
             if not keep.any():
                 continue
-            right = model(b).logits.argmax(-1) == b["answer"]
+            out = model(b)
+            right = out.logits.argmax(-1) == b["answer"]
             colour = (b["question_tokens"][:, :, None] == colour_ids).any(1).float().argmax(-1)  # [B]
             all_gaps.append(gaps(b["regions"], colour, b["qtype"])[keep])
             all_right.append(right[keep])
             all_types.append(b["qtype"][keep])
+            attn = _last_map(out)
+            if attn is not None and attn.shape[-1] == b["regions"].shape[1]:
+                all_looks.append(attention_on(attn, b["regions"], colour, b["qtype"])[keep])
     g, r, t = torch.cat(all_gaps), torch.cat(all_right), torch.cat(all_types)
     print("| question | gap (px) | questions | accuracy (%) |")
     print("|---|---|---|---|")
@@ -80,6 +119,20 @@ def main(argv: list[str] | None = None) -> int:
             label = f">= {lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}"
             acc = f"{100 * r[b].float().mean():.1f}" if b.any() else "-"
             print(f"| {name} | {label} | {int(b.sum())} | {acc} |")
+    if all_looks:
+        looks = torch.cat(all_looks)
+        print("\nWhere the last attention hop looks (mean weights; 'argmax' = its largest weight is on the answer object):\n")
+        print("| question | on the named object | on the answer object | argmax on answer (%) "
+              "| accuracy, argmax on answer (%) | accuracy, elsewhere (%) |")
+        print("|---|---|---|---|---|---|")
+        for qt in (CLOSEST, FURTHEST):
+            m = t == qt
+            lk, rt = looks[m], r[m].float()
+            hit = lk[:, 2] == 1
+            acc_hit = f"{100 * rt[hit].mean():.1f}" if hit.any() else "-"
+            acc_miss = f"{100 * rt[~hit].mean():.1f}" if (~hit).any() else "-"
+            print(f"| {QTYPE_NAMES[qt]} | {lk[:, 0].mean():.3f} | {lk[:, 1].mean():.3f} | {100 * lk[:, 2].mean():.1f} "
+                  f"| {acc_hit} | {acc_miss} |")
     return 0
 
 
