@@ -33,7 +33,7 @@ def parse_tasks(values: Sequence[str] | None) -> list[str] | None:
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``bench leaderboard`` and ``bench fusions`` to ``sub`` (``mmfuse``'s subparsers)."""
+    """Add ``bench leaderboard``, ``bench fusions`` and ``bench merge`` to ``sub`` (``mmfuse``'s subparsers)."""
     from .leaderboard import DEFAULT_TASKS, QUICK, TASKS
 
     p = sub.add_parser("bench", help="benchmarks: the fusion leaderboard, the fusion micro-benchmark",
@@ -88,6 +88,16 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     fu.add_argument("--no-compile", dest="compile", action="store_false", help="CUDA: skip torch.compile")
     fu.add_argument("--json", default=None, metavar="FILE", help="also write the rows here")
     fu.set_defaults(func=run_bench)
+
+    mg = bench.add_parser(
+        "merge", help="merge leaderboard runs made in parts into one run folder",
+        description="Merges the results.json of leaderboard run folders (parts run by other processes or on other "
+        "machines) into --out. Then rerun the parts' leaderboard command with that --out: it trains nothing "
+        "merged and writes the tables and plots of all. Entries trained with different configs refuse to merge.",
+    )
+    mg.add_argument("sources", nargs="+", metavar="DIR", help="leaderboard run folders (or their results.json)")
+    mg.add_argument("--out", required=True, metavar="DIR", help="the run folder to merge into (kept entries stay)")
+    mg.set_defaults(func=run_bench)
     return p
 
 
@@ -151,5 +161,12 @@ def _fusions_command(args: argparse.Namespace) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Run ``mmfuse bench <leaderboard|fusions>`` from parsed arguments."""
+    """Run ``mmfuse bench <leaderboard|fusions|merge>`` from parsed arguments."""
+    if args.bench_command == "merge":
+        from .leaderboard import merge_results
+
+        n = merge_results(args.out, args.sources)
+        print(f"{args.out}/results.json: {n['entries']} entries, {n['skipped']} skipped pairs from {n['sources']} "
+              f"sources; rerun the parts' leaderboard command with --out {args.out} for the tables and plots")
+        return 0
     return _leaderboard(args) if args.bench_command == "leaderboard" else _fusions(args)

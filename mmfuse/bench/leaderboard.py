@@ -79,6 +79,7 @@ __all__ = [
     "Task",
     "format_markdown",
     "incompatibility",
+    "merge_results",
     "out_of_time",
     "preset_for",
     "run_leaderboard_bench",
@@ -593,6 +594,40 @@ def _load_results(path: Path) -> dict[str, Any]:
     data.setdefault("entries", {})
     data.setdefault("skipped", {})
     return data
+
+
+def merge_results(out_dir: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]]) -> dict[str, int]:
+    """Merge the ``results.json`` of leaderboard runs made in parts (other processes or machines)
+    into ``out_dir``'s, keeping what ``out_dir`` already holds.
+
+    An entry (task/fusion/seed) found in several places must have the same config digest
+    everywhere, or nothing is written (the error names the entry); a later source's copy of an
+    entry with the same digest replaces an earlier one only if the earlier has no robustness
+    figures. Skipped pairs are merged too. Rerunning the leaderboard command of the parts with
+    ``--out out_dir`` then trains nothing already merged and writes the tables and plots of all.
+
+    Returns ``{"entries": n, "skipped": n, "sources": n}`` for the merged file.
+    """
+    out = Path(out_dir)
+    paths = [Path(src) / RESULTS if Path(src).is_dir() else Path(src) for src in sources]
+    missing = [str(q) for q in paths if not q.is_file()]
+    if missing:
+        raise FileNotFoundError(f"merge: no leaderboard results at {missing} (expected run folders or {RESULTS} files)")
+    state = _load_results(out / RESULTS)
+    for q in paths:
+        other = _load_results(q)
+        for key, entry in other["entries"].items():
+            have = state["entries"].get(key)
+            if have is not None and have.get("digest") != entry.get("digest"):
+                raise ValueError(f"merge: {key} was trained with another config in {q} "
+                                 f"(digest {entry.get('digest')} vs {have.get('digest')}); nothing written")
+            if have is None or (not have.get("robustness") and entry.get("robustness")):
+                state["entries"][key] = entry
+        for pair, reason in other["skipped"].items():
+            state["skipped"].setdefault(pair, reason)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / RESULTS, json.dumps(state, indent=1) + "\n")
+    return {"entries": len(state["entries"]), "skipped": len(state["skipped"]), "sources": len(paths)}
 
 
 def _select(pattern: str) -> list[str]:

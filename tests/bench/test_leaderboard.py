@@ -207,3 +207,60 @@ def test_input_norm_puts_a_layernorm_on_every_input_and_changes_the_digest(tmp_p
     result = lb.run_leaderboard_bench(["interactions_o1"], "lmf", seeds=1, budget={"epochs": 1}, out_dir=tmp_path,
                                       input_norm="layer", log=lines.append, device="cpu", plots=False, **TINY)
     assert result.trained == 1 and len(result.rows) == 1 and result.rows[0]["accuracy_mean"] is not None
+
+
+def test_parts_run_apart_merge_into_one_leaderboard(tiny, tmp_path):
+    result, _, _ = tiny
+    part = tmp_path / "part2"
+    lb.run_leaderboard_bench(["interactions_o1"], "lmf", seeds=[2], budget={"epochs": 2}, out_dir=part,
+                             log=lambda s: None, device="cpu", plots=False, **TINY)
+    merged = tmp_path / "merged"
+    counts = lb.merge_results(merged, [result.out_dir, part / "results.json"])
+    first = json.loads((result.out_dir / "results.json").read_text())
+    second = json.loads((part / "results.json").read_text())
+    both = json.loads((merged / "results.json").read_text())
+    assert both["entries"] == {**first["entries"], **second["entries"]}
+    assert both["skipped"] == first["skipped"] and "interactions_o1/san" in both["skipped"]
+    assert counts == {"entries": len(first["entries"]) + 1, "skipped": 1, "sources": 2}
+    # the parts' command on the merged folder trains nothing and tables every merged seed
+    again = CountingTrain()
+    rerun = lb.run_leaderboard_bench(["interactions_o1"], "concat,lmf,san", seeds=[0, 1, 2], budget={"epochs": 2},
+                                     out_dir=merged, train_fn=again, log=lambda s: None, device="cpu", plots=False,
+                                     **TINY)
+    lmf = next(r for r in rerun.rows if r["fusion"] == "lmf")
+    assert lmf["seeds"] == 3
+    assert [c for c in again.calls if "lmf" in c] == []
+    # merging the same part again changes nothing
+    before = (merged / "results.json").read_text()
+    lb.merge_results(merged, [part])
+    assert (merged / "results.json").read_text() == before
+
+
+def test_merge_refuses_an_entry_trained_with_another_config(tmp_path):
+    def write(folder, digest):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(
+            {"format": lb.FORMAT, "entries": {"soc/san/seed0": {"digest": digest, "accuracy": 0.5}}, "skipped": {}}))
+    write(tmp_path / "a", "aaaa")
+    write(tmp_path / "b", "bbbb")
+    with pytest.raises(ValueError, match=r"soc/san/seed0 was trained with another config"):
+        lb.merge_results(tmp_path / "m", [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "m" / "results.json").exists()  # nothing written
+    with pytest.raises(FileNotFoundError, match="no leaderboard results"):
+        lb.merge_results(tmp_path / "m", [tmp_path / "nowhere"])
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="not a leaderboard results file"):
+        lb.merge_results(tmp_path / "m", [tmp_path / "c"])
+
+
+def test_bench_merge_command(tmp_path, capsys):
+    from mmfuse.cli import main
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(
+        {"format": lb.FORMAT, "entries": {"soc/san/seed0": {"digest": "d", "accuracy": 0.5}},
+         "skipped": {"soc/tfn": "too wide"}}))
+    assert main(["bench", "merge", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
+    assert "1 entries, 1 skipped pairs from 1 sources" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m" / "results.json").read_text())["skipped"] == {"soc/tfn": "too wide"}
