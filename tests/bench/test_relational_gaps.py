@@ -6,14 +6,20 @@ import torch
 from script_helpers import load_script
 
 
-def test_gaps_against_hand_computed_distances():
-    mod = load_script("relational_gaps")
-    # six objects (colour k in row order 5, 4, ..., 0), pixel centres below; the question names colour 2
+def _scene() -> torch.Tensor:
+    """Two copies of one scene: six objects (colour k in row order 5, 4, ..., 0) at the pixel
+    centres below; the tests' questions name colour 2 (row 2, at (10, 30))."""
     xy = torch.tensor([[10., 10.], [20., 10.], [10., 30.], [14., 33.], [70., 70.], [10., 70.]])
     colours = torch.tensor([5, 4, 2, 3, 1, 0])
     regions = torch.zeros(2, 6, 10)
     regions[:, torch.arange(6), colours] = 1.0
     regions[:, :, 8:10] = xy / 74.0
+    return regions
+
+
+def test_gaps_against_hand_computed_distances():
+    mod = load_script("relational_gaps")
+    regions = _scene()
     # distances from (10, 30): 20, 22.36, 5, 72.11, 40 -> nearest 5, second 20; farthest 72.11, second 40
     g = mod.gaps(regions, torch.tensor([2, 2]), torch.tensor([mod.CLOSEST, mod.FURTHEST]))
     torch.testing.assert_close(g, torch.tensor([15.0, 5200 ** 0.5 - 40.0]), rtol=0, atol=1e-4)
@@ -21,11 +27,7 @@ def test_gaps_against_hand_computed_distances():
 
 def test_attention_on_the_named_and_the_answer_object():
     mod = load_script("relational_gaps")
-    xy = torch.tensor([[10., 10.], [20., 10.], [10., 30.], [14., 33.], [70., 70.], [10., 70.]])
-    colours = torch.tensor([5, 4, 2, 3, 1, 0])
-    regions = torch.zeros(2, 6, 10)
-    regions[:, torch.arange(6), colours] = 1.0
-    regions[:, :, 8:10] = xy / 74.0
+    regions = _scene()
     # named object: row 2 (colour 2); nearest other: row 3; farthest: row 4
     attn = torch.tensor([[0.1, 0.0, 0.5, 0.3, 0.1, 0.0],    # closest: most on the named object itself
                          [0.0, 0.1, 0.0, 0.2, 0.6, 0.1]])   # furthest: most on the farthest
