@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         if v not in VARIANTS:
             p.error(f"--variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    registered = set(mmfuse.list_fusions())
     for f in fusions:
-        if f not in mmfuse.list_fusions():
+        if f not in registered:
             p.error(f"--fusions: unknown fusion {f!r}")
     if args.epochs < 1:
         p.error(f"--epochs: expected an int >= 1, got {args.epochs}")

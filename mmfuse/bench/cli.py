@@ -36,9 +36,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     """Add ``bench leaderboard``, ``bench fusions`` and ``bench merge`` to ``sub`` (``mmfuse``'s subparsers)."""
     from .leaderboard import DEFAULT_TASKS, QUICK, TASKS
 
-    p = sub.add_parser("bench", help="benchmarks: the fusion leaderboard, the fusion micro-benchmark",
+    p = sub.add_parser("bench", help="benchmarks: the fusion leaderboard (and merging its parts), the fusion micro-benchmark",
                        description="leaderboard: train every fusion that fits each task (same encoders, budget and "
-                       "seeds) and write tables and plots. fusions: time and measure every registered fusion.")
+                       "seeds) and write tables and plots. fusions: time and measure every registered fusion. merge: join "
+                       "leaderboard parts run apart into one run folder.")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
 
     lb = bench.add_parser(
@@ -160,13 +161,15 @@ def _fusions_command(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from .leaderboard import merge_results
+
+    n = merge_results(args.out, args.sources)
+    print(f"{args.out}/results.json: {n['entries']} entries, {n['skipped']} skipped pairs from {n['sources']} "
+          f"sources; rerun the parts' leaderboard command with --out {args.out} for the tables and plots")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run ``mmfuse bench <leaderboard|fusions|merge>`` from parsed arguments."""
-    if args.bench_command == "merge":
-        from .leaderboard import merge_results
-
-        n = merge_results(args.out, args.sources)
-        print(f"{args.out}/results.json: {n['entries']} entries, {n['skipped']} skipped pairs from {n['sources']} "
-              f"sources; rerun the parts' leaderboard command with --out {args.out} for the tables and plots")
-        return 0
-    return _leaderboard(args) if args.bench_command == "leaderboard" else _fusions(args)
+    return {"leaderboard": _leaderboard, "fusions": _fusions, "merge": _merge}[args.bench_command](args)

@@ -71,22 +71,17 @@ def resolve_entries(names: Sequence[str]) -> tuple[tuple[str, str, dict[str, Any
     (``mmfuse.bench.leaderboard.preset_for``): every fusion can be tried on the main job's data,
     encoders and budget.
     """
+    from .leaderboard import preset_for  # not at the top: leaderboard imports this module
+
     known = {e[0]: e for e in (*DEFAULT_ENTRIES, *EXTRA_ENTRIES)}
-    unknown = [n for n in names if n not in known and n not in mmfuse.list_fusions()]
+    registered = set(mmfuse.list_fusions())
+    unknown = [n for n in names if n not in known and n not in registered]
     if unknown:
         raise ValueError(f"--only: unknown entries {unknown}; expected entries {sorted(known)} "
                          f"or registered fusion names (`mmfuse list`)")
     if len(set(names)) != len(names):
         raise ValueError(f"--only: an entry is named twice in {list(names)}")
-    out = []
-    for n in names:
-        if n in known:
-            out.append(known[n])
-        else:
-            from .leaderboard import preset_for
-
-            out.append((n, n, preset_for(n)[0]))
-    return tuple(out)
+    return tuple(known[n] if n in known else (n, n, preset_for(n)[0]) for n in names)
 
 
 def region_encoder(dim: int) -> dict[str, Any]:
