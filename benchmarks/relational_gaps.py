@@ -4,7 +4,8 @@ For every test question of those two types, the gap is how much farther the seco
 object is than the nearest ("closest"), or how much nearer the second-farthest is than the
 farthest ("furthest"), in pixels, measured from the region rows' (x, y) columns. A model whose
 errors sit in the first bucket lacks precision; errors at gaps of several pixels are a coarse
-distance comparison.
+distance comparison. It also prints the median distance to the answer object and the median gap
+in squared distance, which is what a score bilinear in two positions compares.
 
     python benchmarks/relational_gaps.py RUN/dan/model          # a model folder of mmfuse run / train
 
@@ -40,16 +41,23 @@ def _distances(regions: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tenso
     return own, ((xy - ref) ** 2).sum(-1).sqrt().masked_fill(own, float("nan"))
 
 
-def gaps(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor) -> torch.Tensor:
-    """Per row: the pixel gap between the answer object and the runner-up.
+def gaps(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor, power: int = 1) -> torch.Tensor:
+    """Per row: the gap between the answer object's distance and the runner-up's, in pixels, or
+    (``power=2``) in squared pixels, the scale a bilinear score of two positions compares on.
 
     ``regions`` [B, 6, 10] (colour one-hot in columns 0-5, x and y in [0, 1] in 8-9), ``colour``
     [B] the question's colour id, ``qtype`` [B] (closest or furthest) -> Tensor[B].
     """
-    others = _distances(regions, colour)[1].sort(-1).values[:, :-1]  # the 5 others, ascending (NaN last)
+    others = _distances(regions, colour)[1].sort(-1).values[:, :-1] ** power  # the 5 others, ascending
     near = others[:, 1] - others[:, 0]
     far = others[:, -1] - others[:, -2]
     return torch.where(qtype == CLOSEST, near, far)
+
+
+def answer_distance(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor) -> torch.Tensor:
+    """Per row: the pixel distance from the named object to the answer object (nearest / farthest)."""
+    others = _distances(regions, colour)[1].sort(-1).values[:, :-1]
+    return torch.where(qtype == CLOSEST, others[:, 0], others[:, -1])
 
 
 def attention_on(attn: torch.Tensor, regions: torch.Tensor, colour: torch.Tensor,
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     dm.setup("test")
     words = dm.info["word_vocab"]
     colour_ids = torch.tensor([words.index(c) for c in COLOUR_NAMES])
-    all_gaps, all_right, all_types, all_looks = [], [], [], []
+    all_gaps, all_sq, all_dist, all_right, all_types, all_looks = [], [], [], [], [], []
     with torch.no_grad():
         for b in dm.test_dataloader():
             keep = (b["qtype"] == CLOSEST) | (b["qtype"] == FURTHEST)
@@ -102,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             right = out.logits.argmax(-1) == b["answer"]
             colour = (b["question_tokens"][:, :, None] == colour_ids).any(1).float().argmax(-1)  # [B]
             all_gaps.append(gaps(b["regions"], colour, b["qtype"])[keep])
+            all_sq.append(gaps(b["regions"], colour, b["qtype"], power=2)[keep])
+            all_dist.append(answer_distance(b["regions"], colour, b["qtype"])[keep])
             all_right.append(right[keep])
             all_types.append(b["qtype"][keep])
             attn = _last_map(out)
@@ -119,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             label = f">= {lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}"
             acc = f"{100 * r[b].float().mean():.1f}" if b.any() else "-"
             print(f"| {name} | {label} | {int(b.sum())} | {acc} |")
+    sq, dist = torch.cat(all_sq), torch.cat(all_dist)
+    print("\nThe scale of the comparison (medians): a score bilinear in two positions is linear in the squared")
+    print("distance, whose gap for the same pixel gap grows with the distance (2d + gap):\n")
+    print("| question | distance to the answer (px) | gap (px) | gap in squared distance (px^2) |")
+    print("|---|---|---|---|")
+    for qt in (CLOSEST, FURTHEST):
+        m = t == qt
+        print(f"| {QTYPE_NAMES[qt]} | {dist[m].median():.1f} | {g[m].median():.1f} | {sq[m].median():.0f} |")
     if all_looks:
         looks = torch.cat(all_looks)
         print("\nWhere the last attention hop looks (mean weights; 'argmax' = its largest weight is on the answer object):\n")

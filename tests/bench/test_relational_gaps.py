@@ -33,3 +33,14 @@ def test_attention_on_the_named_and_the_answer_object():
                          [0.0, 0.1, 0.0, 0.2, 0.6, 0.1]])   # furthest: most on the farthest
     got = mod.attention_on(attn, regions, torch.tensor([2, 2]), torch.tensor([mod.CLOSEST, mod.FURTHEST]))
     torch.testing.assert_close(got, torch.tensor([[0.5, 0.3, 0.0], [0.0, 0.6, 1.0]]))
+
+
+def test_squared_gaps_and_answer_distance():
+    mod = load_script("relational_gaps")
+    regions = _scene()
+    q = torch.tensor([mod.CLOSEST, mod.FURTHEST])
+    # squared distances from (10, 30): 400, 500, 25, 5200, 1600 -> closest 400 - 25, furthest 5200 - 1600
+    sq = mod.gaps(regions, torch.tensor([2, 2]), q, power=2)
+    torch.testing.assert_close(sq, torch.tensor([375.0, 3600.0]), rtol=1e-5, atol=1e-2)
+    d = mod.answer_distance(regions, torch.tensor([2, 2]), q)
+    torch.testing.assert_close(d, torch.tensor([5.0, 5200 ** 0.5]), rtol=0, atol=1e-4)
