@@ -66,7 +66,7 @@ class FusionInfo:
     @property
     def family(self) -> str:
         """The survey's family, from the module that defines the class: ``"simple"``,
-        ``"gated"``, ``"bilinear"``, ``"attention"``, ``"bilinear attention"``, ``"transformer"``
+        ``"gated"``, ``"bilinear"``, ``"attention"``, ``"bilinear attention"``, ``"transformer"``, ``"relational"``
         (``"other"`` for fusions defined outside mmfuse)."""
         module = self.cls.__module__
         for prefix, family in _FAMILIES:
@@ -89,6 +89,7 @@ _FAMILIES = (
     ("mmfuse.attention.bilinear_attention", "bilinear attention"),
     ("mmfuse.attention.ban", "bilinear attention"),
     ("mmfuse.attention.transformer", "transformer"),
+    ("mmfuse.attention.relational", "relational"),
     ("mmfuse.attention", "attention"),
     ("mmfuse.search", "search"),
 )

@@ -15,5 +15,6 @@ from .recurrent import DualRecurrentAttention, RecurrentAttentionUnit
 from .transformer import LXMERT, MCAN, ViLBERT
 from .bilinear_attention import BilinearAttention, BlockAttention, MCBAttention, MFBCoAttention, MFHCoAttention, MLBAttention, MutanAttention
 from .ban import BAN, Counter
+from .relational import RelationNetwork
 
-__all__ = ["AttentionFusion", "AttentionOutput", "check_attention_inputs", "resolve_fusion", "SoftAttention", "SAN", "SLA", "SMem", "DMN", "UpDown", "MultiSource", "CoAttention", "DualAttention", "DualRecurrentAttention", "RecurrentAttentionUnit", "HighOrderAttention", "ViLBERT", "LXMERT", "MCAN", "MCBAttention", "MLBAttention", "MFBCoAttention", "MFHCoAttention", "BilinearAttention", "MutanAttention", "BlockAttention", "BAN", "Counter"]
+__all__ = ["AttentionFusion", "AttentionOutput", "check_attention_inputs", "resolve_fusion", "SoftAttention", "SAN", "SLA", "SMem", "DMN", "UpDown", "MultiSource", "CoAttention", "DualAttention", "DualRecurrentAttention", "RecurrentAttentionUnit", "HighOrderAttention", "ViLBERT", "LXMERT", "MCAN", "MCBAttention", "MLBAttention", "MFBCoAttention", "MFHCoAttention", "BilinearAttention", "MutanAttention", "BlockAttention", "BAN", "Counter", "RelationNetwork"]

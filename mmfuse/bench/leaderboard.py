@@ -220,6 +220,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mcan": {**_TRANSFORMER, "num_layers": 2},
     "vilbert": {**_TRANSFORMER, "num_layers": 2},
     "lxmert": {**_TRANSFORMER, "num_layers": 1, "num_q_layers": 1, "num_v_layers": 1},
+    # relational
+    "relation_network": {"hidden_dim": HIDDEN, "g_layers": 3, "f_dims": [HIDDEN], "dropout": 0.0},
 }
 
 

@@ -30,6 +30,7 @@ FAMILY_COLOURS: dict[str, str] = {
     "attention": "#1f77b4",
     "bilinear attention": "#9467bd",
     "transformer": "#ff7f0e",
+    "relational": "#e377c2",
     "search": "#2ca02c",
     "other": "#8c564b",
 }
