@@ -18,14 +18,11 @@ from torch import Tensor, nn
 
 from .._registry import register_fusion
 from ..functional import check_positive, masked_softmax
+from ..fusions._base import linear_params
 from ..layers import dropout_or_identity
 from ._base import AttentionFusion, AttentionOutput
 
 __all__ = ["CoAttention", "DualAttention"]
-
-
-def _linear_params(d_in: int, d_out: int, bias: bool = True) -> int:
-    return (d_in + int(bias)) * d_out
 
 
 def _pool(attn: Tensor, x: Tensor) -> Tensor:
@@ -185,11 +182,11 @@ class CoAttention(AttentionFusion):
     def expected_num_parameters(self) -> int:
         dv, dq, h = self.v_dim, self.q_dim, self.hidden_dim
         if self.mode == "parallel":
-            n = _linear_params(dv, dq) + _linear_params(dv, h) + _linear_params(dq, h) + 2 * _linear_params(h, 1)
+            n = linear_params(dv, dq) + linear_params(dv, h) + linear_params(dq, h) + 2 * linear_params(h, 1)
         else:
-            n = 3 * _linear_params(dq, h) + 2 * _linear_params(dv, h) + 3 * _linear_params(h, 1)
+            n = 3 * linear_params(dq, h) + 2 * linear_params(dv, h) + 3 * linear_params(h, 1)
         embed = 0 if dv == dq else dv * dq
-        return n + embed + _linear_params(dq, self.out_dim)
+        return n + embed + linear_params(dq, self.out_dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode!r}, hidden_dim={self.hidden_dim}"
@@ -335,9 +332,9 @@ class DualAttention(AttentionFusion):
 
     def expected_num_parameters(self) -> int:
         dv, dq, h = self.v_dim, self.q_dim, self.hidden_dim
-        per_step = _linear_params(dv, h) + 3 * _linear_params(dq, h) + 2 * _linear_params(h, 1) + _linear_params(dv, dq)
+        per_step = linear_params(dv, h) + 3 * linear_params(dq, h) + 2 * linear_params(h, 1) + linear_params(dv, dq)
         width = dq if self.mode == "reasoning" else 2 * dq
-        return _linear_params(dv, dq) + self.hops * per_step + _linear_params(width, self.out_dim)
+        return linear_params(dv, dq) + self.hops * per_step + linear_params(width, self.out_dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode!r}, hops={self.hops}, hidden_dim={self.hidden_dim}"

@@ -20,15 +20,12 @@ from torch import Tensor, nn
 
 from .._registry import register_fusion
 from ..functional import check_positive, masked_softmax
+from ..fusions._base import linear_params
 from ..layers import dropout_or_identity
 from ._base import AttentionFusion, AttentionOutput, check_attention_inputs, resolve_fusion
 from .soft import fusion_num_parameters
 
 __all__ = ["HighOrderAttention"]
-
-
-def _linear_params(d_in: int, d_out: int) -> int:
-    return (d_in + 1) * d_out
 
 
 def _uniform_scale(shape: Sequence[int], device=None, dtype=None) -> nn.Parameter:
@@ -317,12 +314,12 @@ class HighOrderAttention(AttentionFusion):
 
     def expected_num_parameters(self) -> int:
         h, dims, sizes = self.hidden_dim, self.dims, self.sizes
-        total = sum(_linear_params(d, h) + _linear_params(h, 1) for d in dims)
+        total = sum(linear_params(d, h) + linear_params(h, 1) for d in dims)
         for index in [*self.pair_index, *self.triple_index]:
             ns = [sizes[i] for i in index]
-            total += sum(_linear_params(dims[i], h) for i in index) + math.prod(ns)
-            total += sum(_linear_params(math.prod(ns) // n, 1) for n in ns)
-        total += len(dims) * _linear_params(self._num_potentials(), 1)
+            total += sum(linear_params(dims[i], h) for i in index) + math.prod(ns)
+            total += sum(linear_params(math.prod(ns) // n, 1) for n in ns)
+        total += len(dims) * linear_params(self._num_potentials(), 1)
         return total + fusion_num_parameters(self.fusion)
 
     def extra_repr(self) -> str:

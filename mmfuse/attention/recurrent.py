@@ -17,15 +17,12 @@ from torch import Tensor, nn
 
 from .._registry import register_fusion
 from ..functional import check_positive, masked_softmax
+from ..fusions._base import linear_params
 from ..layers import ActivationArg, make_activation
 from ._base import AttentionFusion, AttentionOutput, resolve_fusion
 from .soft import fusion_num_parameters
 
 __all__ = ["SequenceLSTM", "RecurrentAttentionUnit", "DualRecurrentAttention"]
-
-
-def _linear_params(d_in: int, d_out: int) -> int:
-    return (d_in + 1) * d_out
 
 
 class SequenceLSTM(nn.Module):
@@ -125,7 +122,7 @@ class RecurrentAttentionUnit(nn.Module):
     def expected_num_parameters(self) -> int:
         h = self.hidden_dim
         lstm = 4 * h * (2 * h + 2)
-        return _linear_params(self.x_dim, h) + _linear_params(self.g_dim, h) + lstm + _linear_params(h, self.glimpses)
+        return linear_params(self.x_dim, h) + linear_params(self.g_dim, h) + lstm + linear_params(h, self.glimpses)
 
     def extra_repr(self) -> str:
         return f"x_dim={self.x_dim}, g_dim={self.g_dim}, hidden_dim={self.hidden_dim}, glimpses={self.glimpses}"

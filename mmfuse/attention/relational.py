@@ -20,16 +20,13 @@ from torch import Tensor, nn
 
 from .._registry import register_fusion
 from ..functional import check_positive
+from ..fusions._base import linear_params
 from ..layers import dropout_or_identity
 from ._base import AttentionFusion, AttentionOutput
 
 __all__ = ["RelationNetwork"]
 
 REDUCTIONS = ("sum", "mean")
-
-
-def _linear_params(i: int, o: int, bias: bool = True) -> int:
-    return (i + bias) * o
 
 
 @register_fusion(
@@ -53,8 +50,8 @@ class RelationNetwork(AttentionFusion):
     The first layer of ``g_θ`` is linear in the concatenation, ``W [o_i; o_j; q] + b =
     A o_i + B o_j + C q + b``, so it is computed per region and broadcast over the pairs
     (``K`` rows, not ``K²``); the other layers run on ``B·K²`` rows. Memory: the activations
-    are ``B·K²·hidden_dim`` per layer (256 x 36 x 256 floats = 9 MiB per layer for the paper's
-    Sort-of-CLEVR; 100 regions take 28 times that).
+    are ``B·K²·hidden_dim`` per layer (64 x 25² x 256 floats = 39 MiB per layer for the paper's
+    Sort-of-CLEVR: batch 64, a 5 x 5 grid of cells; 100 regions take 16 times that).
 
     Paper defaults (Sort-of-CLEVR): ``g_θ`` 4 x 256, ``f_φ`` 256, 256, dropout 0.5 before the last
     layer, a sum over pairs. The question is the model's LSTM state there; here ``q`` may be that
@@ -141,10 +138,10 @@ class RelationNetwork(AttentionFusion):
 
     def expected_num_parameters(self) -> int:
         dv, dq, h = self.v_dim, self.q_dim, self.hidden_dim
-        n = _linear_params(dv, h) + dv * h + dq * h + (self.g_layers - 1) * _linear_params(h, h)
+        n = linear_params(dv, h) + dv * h + dq * h + (self.g_layers - 1) * linear_params(h, h)
         widths = (h, *self.f_dims)
-        n += sum(_linear_params(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        return n + _linear_params(widths[-1], self.out_dim)
+        n += sum(linear_params(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        return n + linear_params(widths[-1], self.out_dim)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, g_layers={self.g_layers}, "

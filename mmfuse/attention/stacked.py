@@ -17,14 +17,11 @@ from torch import Tensor, nn
 
 from .._registry import register_fusion
 from ..functional import check_positive, masked_softmax
+from ..fusions._base import linear_params
 from ..layers import dropout_or_identity
 from ._base import AttentionFusion, AttentionOutput
 
 __all__ = ["SAN", "SLA", "SMem"]
-
-
-def _linear_params(d_in: int, d_out: int, bias: bool = True) -> int:
-    return (d_in + int(bias)) * d_out
 
 
 @register_fusion(
@@ -114,9 +111,9 @@ class SAN(AttentionFusion):
 
     def expected_num_parameters(self) -> int:
         dv, dq, hd, n = self.v_dim, self.q_dim, self.hidden_dim, self.hops
-        per_hop = dq * hd + _linear_params(dq, hd) + _linear_params(hd, 1)
+        per_hop = dq * hd + linear_params(dq, hd) + linear_params(hd, 1)
         latent = (n - 1) * hd * hd if self.carries_latent else 0
-        return _linear_params(dv, dq) + n * per_hop + latent + _linear_params(dq, self.out_dim)
+        return linear_params(dv, dq) + n * per_hop + latent + linear_params(dq, self.out_dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hops={self.hops}, hidden_dim={self.hidden_dim}"
@@ -253,7 +250,7 @@ class SMem(AttentionFusion):
         return AttentionOutput(fused, torch.stack(maps, dim=1), None, {"word_region": corr})
 
     def expected_num_parameters(self) -> int:
-        return (self.hops + 1) * _linear_params(self.v_dim, self.q_dim) + _linear_params(self.q_dim, self.out_dim)
+        return (self.hops + 1) * linear_params(self.v_dim, self.q_dim) + linear_params(self.q_dim, self.out_dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hops={self.hops}"
