@@ -34,3 +34,28 @@ def test_any_registered_fusion_gets_its_leaderboard_preset():
 def test_bad_names_are_refused_before_training(names, match):
     with pytest.raises(ValueError, match=match):
         resolve_entries(names)
+
+
+def test_entry_region_settings_change_the_region_encoder_only():
+    from mmfuse.bench.run import ENTRY_REGIONS, region_encoder
+    from mmfuse.train import validate_config
+    from mmfuse.train.config import ConfigError
+
+    base = entry_config("lxmert", {})["model"]["inputs"]["v"]
+    assert base == region_encoder(64)
+    changes = ENTRY_REGIONS["lxmert"]
+    v = entry_config("lxmert", {}, regions=changes)["model"]["inputs"]["v"]
+    assert v == {**base, **changes} and v != base
+    changes_copy = dict(changes)
+    v["hidden_dims"].append(1)  # the table is not shared with the config
+    assert ENTRY_REGIONS["lxmert"] == changes_copy
+    # from pixels the CNN encoder is used as it is
+    assert entry_config("lxmert", {}, pixels=True, regions=changes)["model"]["inputs"]["v"] == \
+        entry_config("lxmert", {}, pixels=True)["model"]["inputs"]["v"]
+    # every entry's changes build a valid config, and a misspelt setting is named by the config check
+    for entry, fusion, knobs in (*DEFAULT_ENTRIES, *EXTRA_ENTRIES):
+        validate_config(entry_config(fusion, knobs, regions=ENTRY_REGIONS.get(entry)))
+    with pytest.raises(ConfigError, match="fourier_spacin"):
+        from mmfuse.models.task import normalize_model_config
+        normalize_model_config({**entry_config("lxmert", {}, regions={"fourier_spacin": "linear"})["model"],
+                                "task": {"kind": "classification", "num_outputs": 10}})

@@ -234,6 +234,58 @@ def test_warmup_schedule(kind):
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
+def _has_cpu_fused_adam() -> bool:
+    try:
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], fused=True)
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("cls", [torch.optim.AdamW, torch.optim.Adam])
+def test_fused_adam_takes_the_steps_of_the_default_one(cls):
+    """_adam picks the fused kernel where torch has it (the CPU since 2.4) and it follows the same
+    update rule as the per-tensor loop: ten steps with weight decay, two groups, agree to rounding."""
+    from mmfuse.train.module import _adam
+
+    torch.manual_seed(0)
+    init = [torch.randn(5, 3), torch.randn(3), torch.randn(4, 4)]
+    grads = [[torch.randn_like(p) for p in init] for _ in range(10)]
+    finals = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in init]
+        groups = [{"params": [params[0], params[2]], "weight_decay": 0.1}, {"params": [params[1]], "weight_decay": 0.0}]
+        opt = _adam(cls, groups, fused=fused, lr=1e-2, betas=(0.9, 0.99))
+        assert bool(opt.defaults.get("fused")) == (fused and _has_cpu_fused_adam())
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        finals.append([p.detach().clone() for p in params])
+    for a, b, p0 in zip(*finals, init):
+        assert not torch.equal(a, p0)  # the steps moved the weights
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_falls_back_where_torch_has_no_kernel(monkeypatch):
+    from mmfuse.train import module
+
+    calls = []
+
+    class NoFused(torch.optim.AdamW):
+        def __init__(self, params, fused=None, **kw):
+            calls.append(fused)
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **kw)
+
+    opt = module._adam(NoFused, [{"params": [torch.nn.Parameter(torch.zeros(2))]}], lr=1e-3)
+    assert calls == [True, None] and isinstance(opt, NoFused)
+    calls.clear()
+    module._adam(NoFused, [{"params": [torch.nn.Parameter(torch.zeros(2))]}], fused=False, lr=1e-3)
+    assert calls == [None]  # 16-mixed asks for the default one directly
+
+
 def test_loaded_model_runs_in_eval_mode(tmp_path):
     cfg = h.tiny_config("interactions")
     cfg["train"]["max_epochs"] = 1
