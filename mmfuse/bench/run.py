@@ -16,6 +16,7 @@ import copy
 import csv
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -227,6 +228,21 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _label_offsets(points: Sequence[tuple[float, float]]) -> list[tuple[int, int]]:
+    """Label offsets (points) for a log-x scatter: above-right, or below-right for a point just
+    under another one (within 0.15 decades and 4% of the y range), so two labels do not overlap."""
+    ys = [y for _, y in points]
+    near_y = 0.04 * max(max(ys) - min(ys), 1.0) if points else 0.0
+    placed: list[tuple[float, float]] = []
+    out: list[tuple[int, int]] = [(4, 4)] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: -points[i][1]):  # from the top: a lower neighbour goes below
+        x, y = points[i]
+        if any(abs(math.log10(x / px)) < 0.15 and abs(y - py) < near_y for px, py in placed):
+            out[i] = (4, -4)
+        placed.append((x, y))
+    return out
+
+
 def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -251,11 +267,16 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     ax1.grid(axis="y", alpha=0.3)
     families = sorted({r["family"] for r in rows})
     markers = {f: _MARKERS[i % len(_MARKERS)] for i, f in enumerate(families)}
-    for r in rows:
-        ax2.scatter(r["params"], 100 * (r.get("relational") or 0.0), color=model_colour[r["model"]],
-                    marker=markers[r["family"]], s=60)
-        ax2.annotate(r["model"], (r["params"], 100 * (r.get("relational") or 0.0)), fontsize=8,
-                     xytext=(4, 4), textcoords="offset points")
+    points = [(r["params"], 100 * (r.get("relational") or 0.0)) for r in rows]
+    for r, xy in zip(rows, points):
+        ax2.scatter(*xy, color=model_colour[r["model"]], marker=markers[r["family"]], s=60)
+    for (r, xy), offset in zip(zip(rows, points), _label_offsets(points)):
+        ax2.annotate(r["model"], xy, fontsize=8, xytext=offset, textcoords="offset points",
+                     va="bottom" if offset[1] > 0 else "top")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    ax2.set_xlim(min(xs) / 1.25, max(xs) * 1.6)  # room for the labels right of the last point
+    span = max(max(ys) - min(ys), 1.0)
+    ax2.set_ylim(min(ys) - 0.08 * span, max(ys) + 0.1 * span)
     for f in families:
         ax2.scatter([], [], color="0.45", marker=markers[f], label=f)
     ax2.set_xscale("log")

@@ -100,3 +100,16 @@ def test_bench_leaderboard_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "### interactions_o1" in out and "| concat | simple |" in out
     assert json.loads((tmp_path / "results.json").read_text())["entries"].keys() == {"interactions_o1/concat/seed0"}
+
+
+def test_run_plot_labels_of_two_close_points_go_above_and_below():
+    from mmfuse.bench.run import _label_offsets
+
+    # the main job's concat MLP (lower) and MLB (higher) sit at about the same size and accuracy
+    low, high, far = (59_658, 70.9), (59_786, 71.5), (348_010, 98.0)
+    assert _label_offsets([low, high, far]) == [(4, -4), (4, 4), (4, 4)]
+    assert _label_offsets([high, low, far]) == [(4, 4), (4, -4), (4, 4)]
+    # apart in size or in accuracy: both above
+    assert _label_offsets([low, (2 * 59_658, 70.9), far]) == [(4, 4)] * 3
+    assert _label_offsets([low, (59_658, 90.0), far]) == [(4, 4)] * 3
+    assert _label_offsets([]) == []
