@@ -17,6 +17,7 @@ import copy
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -51,6 +52,19 @@ _QUIET = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*You're resuming from a checkpoint that ended before the epoch ended.*",
 )
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "try installing litlogger" tip, printed once per trainer: every entry of
+    ``mmfuse run`` repeated an advert for a cloud service between its progress bars."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    if not any(isinstance(f, _NoAdverts) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_NoAdverts())
 
 
 @dataclass

@@ -292,3 +292,28 @@ def test_loaded_model_runs_in_eval_mode(tmp_path):
     result = train(cfg, run_dir=tmp_path / "run")
     model = load(result.checkpoint)
     assert not model.training
+
+
+def test_lightnings_litlogger_advert_is_not_printed(tmp_path):
+    """Lightning's rank-zero messages still come through, its "try litlogger" tip does not."""
+    import logging
+
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler, level = Collect(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        cfg = h.tiny_config("interactions")
+        cfg["train"]["max_epochs"] = 1
+        train(cfg, run_dir=tmp_path / "run")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert any("GPU available" in m for m in seen), seen  # the handler does see Lightning's messages
+    assert not any("litlogger" in m for m in seen), seen
