@@ -72,9 +72,10 @@ def _adam(cls: type, groups: list[dict[str, Any]], fused: bool = True, **kwargs:
     """``cls(groups, **kwargs)``, the fused implementation where this torch has it for the
     parameters' device and dtype (CUDA; the CPU since torch 2.4), else the default one.
 
-    The fused step is one kernel over all tensors: on the CPU it took 0.62 ms per step for the main
-    job's LXMERT (87 tensors, 177k parameters) against 3.56 ms for the default per-tensor loop
-    (docs/BENCHMARKS.md). Same update rule, rounding aside. Not with ``16-mixed``: Lightning's
+    The fused step is one kernel over all tensors: on the CPU it took 0.80 ms per step for the main
+    job's LXMERT (85 tensors, 348k parameters) against 3.26 ms for the default per-tensor loop,
+    and 0.15-0.30 ms against 0.59-1.52 ms for the other entries (``benchmarks/optimizer_step.py``,
+    docs/BENCHMARKS.md). Same update rule, rounding aside. Not with ``16-mixed``: Lightning's
     gradient scaler refuses to clip gradients for an optimizer that unscales them itself.
     """
     if fused:
