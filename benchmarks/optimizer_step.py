@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from mmfuse.bench.run import DEFAULT_ENTRIES, ENTRY_REGIONS, entry_config
+from mmfuse.bench.run import DEFAULT_ENTRIES, entry_config, run_entry_config
 from mmfuse.train import _model, build_datamodule, validate_config
 from mmfuse.train.trainer import resolve_model_config
 
@@ -26,7 +26,7 @@ VARIANTS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True
 
 def entry_parameters(entry: str, fusion: str, knobs: dict, info: dict) -> list[torch.nn.Parameter]:
     """The trainable parameters of one main-job entry's task model, each with a random gradient."""
-    cfg = validate_config(entry_config(fusion, knobs, regions=ENTRY_REGIONS.get(entry)))
+    cfg = validate_config(run_entry_config(entry, fusion, knobs))
     model = _model.build_model(resolve_model_config(cfg["model"], info))
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:

@@ -41,6 +41,19 @@ def _distances(regions: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tenso
     return own, ((xy - ref) ** 2).sum(-1).sqrt().masked_fill(own, float("nan"))
 
 
+def sorted_others(regions: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """Per row: the pixel distances from the named object to the 5 others, ascending: Tensor[B, 5]."""
+    return _distances(regions, colour)[1].sort(-1).values[:, :-1]  # its own row (NaN) sorts last
+
+
+def gaps_of(others: torch.Tensor, qtype: torch.Tensor, power: int = 1) -> torch.Tensor:
+    """:func:`gaps` from :func:`sorted_others`' distances."""
+    others = others ** power
+    near = others[:, 1] - others[:, 0]
+    far = others[:, -1] - others[:, -2]
+    return torch.where(qtype == CLOSEST, near, far)
+
+
 def gaps(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor, power: int = 1) -> torch.Tensor:
     """Per row: the gap between the answer object's distance and the runner-up's, in pixels, or
     (``power=2``) in squared pixels, the scale a bilinear score of two positions compares on.
@@ -48,16 +61,17 @@ def gaps(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor, power
     ``regions`` [B, 6, 10] (colour one-hot in columns 0-5, x and y in [0, 1] in 8-9), ``colour``
     [B] the question's colour id, ``qtype`` [B] (closest or furthest) -> Tensor[B].
     """
-    others = _distances(regions, colour)[1].sort(-1).values[:, :-1] ** power  # the 5 others, ascending
-    near = others[:, 1] - others[:, 0]
-    far = others[:, -1] - others[:, -2]
-    return torch.where(qtype == CLOSEST, near, far)
+    return gaps_of(sorted_others(regions, colour), qtype, power)
+
+
+def answer_distance_of(others: torch.Tensor, qtype: torch.Tensor) -> torch.Tensor:
+    """:func:`answer_distance` from :func:`sorted_others`' distances."""
+    return torch.where(qtype == CLOSEST, others[:, 0], others[:, -1])
 
 
 def answer_distance(regions: torch.Tensor, colour: torch.Tensor, qtype: torch.Tensor) -> torch.Tensor:
     """Per row: the pixel distance from the named object to the answer object (nearest / farthest)."""
-    others = _distances(regions, colour)[1].sort(-1).values[:, :-1]
-    return torch.where(qtype == CLOSEST, others[:, 0], others[:, -1])
+    return answer_distance_of(sorted_others(regions, colour), qtype)
 
 
 def attention_on(attn: torch.Tensor, regions: torch.Tensor, colour: torch.Tensor,
@@ -109,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             out = model(b)
             right = out.logits.argmax(-1) == b["answer"]
             colour = (b["question_tokens"][:, :, None] == colour_ids).any(1).float().argmax(-1)  # [B]
-            all_gaps.append(gaps(b["regions"], colour, b["qtype"])[keep])
-            all_sq.append(gaps(b["regions"], colour, b["qtype"], power=2)[keep])
-            all_dist.append(answer_distance(b["regions"], colour, b["qtype"])[keep])
+            others = sorted_others(b["regions"], colour)  # one distance sort serves all three
+            all_gaps.append(gaps_of(others, b["qtype"])[keep])
+            all_sq.append(gaps_of(others, b["qtype"], power=2)[keep])
+            all_dist.append(answer_distance_of(others, b["qtype"])[keep])
             all_right.append(right[keep])
             all_types.append(b["qtype"][keep])
             attn = _last_map(out)

@@ -28,7 +28,7 @@ import mmfuse
 from ..data._io import atomic_write_bytes
 from .plots import _MARKERS, _save
 
-__all__ = ["DEFAULT_ENTRIES", "ENTRY_REGIONS", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "resolve_entries", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
+__all__ = ["DEFAULT_ENTRIES", "ENTRY_REGIONS", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "run_entry_config", "resolve_entries", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
 
 # (entry name, fusion name, fusion knobs): the concat baseline and models of every family. Widths
 # are 64-128 everywhere; the choices below are recorded with their measurements in docs/BENCHMARKS.md
@@ -180,6 +180,15 @@ def entry_config(
     }
 
 
+def run_entry_config(entry: str, fusion: str, knobs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """The config ``mmfuse run`` trains for one entry: :func:`entry_config` (``kwargs`` go to it)
+    with the entry's region-encoder changes (:data:`ENTRY_REGIONS`) and training settings
+    (:data:`ENTRY_TRAIN`)."""
+    config = entry_config(fusion, knobs, regions=ENTRY_REGIONS.get(entry), **kwargs)
+    config["train"].update(ENTRY_TRAIN.get(entry, {}))
+    return config
+
+
 def _metric(metrics: dict[str, float], *names: str) -> float | None:
     """The first metric whose key ends with one of ``names`` (test split preferred)."""
     for prefer in ("test", ""):
@@ -324,9 +333,8 @@ def run_leaderboard(
             log(f"[{entry}] already trained: {done[entry].get('relational')}")
             rows.append(done[entry])
             continue
-        config = entry_config(fusion, knobs, pixels=pixels, seed=seed, epochs=epochs or DEFAULT_EPOCHS, n_train=n_train,
-                              regions=ENTRY_REGIONS.get(entry))
-        config["train"].update(ENTRY_TRAIN.get(entry, {}))
+        config = run_entry_config(entry, fusion, knobs, pixels=pixels, seed=seed, epochs=epochs or DEFAULT_EPOCHS,
+                                  n_train=n_train)
         config = apply_overrides(config, list(overrides))
         log(f"[{entry}] training {fusion} ({mmfuse.fusion_info(fusion).family})")
         result = train(config, run_dir=run_dir / entry)

@@ -37,7 +37,7 @@ def test_bad_names_are_refused_before_training(names, match):
 
 
 def test_entry_region_settings_change_the_region_encoder_only():
-    from mmfuse.bench.run import ENTRY_REGIONS, region_encoder
+    from mmfuse.bench.run import ENTRY_REGIONS, region_encoder, run_entry_config
     from mmfuse.train import validate_config
     from mmfuse.train.config import ConfigError
 
@@ -54,7 +54,12 @@ def test_entry_region_settings_change_the_region_encoder_only():
         entry_config("lxmert", {}, pixels=True)["model"]["inputs"]["v"]
     # every entry's changes build a valid config, and a misspelt setting is named by the config check
     for entry, fusion, knobs in (*DEFAULT_ENTRIES, *EXTRA_ENTRIES):
-        validate_config(entry_config(fusion, knobs, regions=ENTRY_REGIONS.get(entry)))
+        validate_config(run_entry_config(entry, fusion, knobs))
+    # what `mmfuse run` trains: the entry's encoder changes and its own learning rate; others untouched
+    lx = run_entry_config("lxmert", "lxmert", {})
+    assert lx["model"]["inputs"]["v"] == {**base, **changes} and lx["train"]["lr"] == 1e-3
+    dan = run_entry_config("dan", "dan", {})
+    assert dan == entry_config("dan", {}) and dan["train"]["lr"] == 2e-3
     with pytest.raises(ConfigError, match="fourier_spacin"):
         from mmfuse.models.task import normalize_model_config
         normalize_model_config({**entry_config("lxmert", {}, regions={"fourier_spacin": "linear"})["model"],

@@ -63,12 +63,10 @@ def test_config_builds(path):
 
 def test_soc_lxmert_yaml_is_the_main_jobs_lxmert_entry():
     """configs/soc_lxmert.yaml says it is `mmfuse run`'s LXMERT: same model, learning rate and budget."""
-    from mmfuse.bench.run import DEFAULT_ENTRIES, ENTRY_REGIONS, ENTRY_TRAIN, entry_config
+    from mmfuse.bench.run import DEFAULT_ENTRIES, run_entry_config
 
     yaml_cfg = yaml.safe_load((CONFIG_DIR / "soc_lxmert.yaml").read_text())
-    _, fusion, knobs = next(e for e in DEFAULT_ENTRIES if e[0] == "lxmert")
-    entry = entry_config(fusion, knobs, regions=ENTRY_REGIONS["lxmert"])
-    entry["train"].update(ENTRY_TRAIN["lxmert"])
+    entry = run_entry_config(*next(e for e in DEFAULT_ENTRIES if e[0] == "lxmert"))
     assert yaml_cfg["model"]["fusion"] == entry["model"]["fusion"]
     assert yaml_cfg["model"]["inputs"]["v"] == entry["model"]["inputs"]["v"]
     assert yaml_cfg["model"]["head"] == {**entry["model"]["head"], "activation": "relu"}
