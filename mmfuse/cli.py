@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/run-<time>); rerunning it skips finished entries")
     p.add_argument("--epochs", type=int, default=None, help="epochs per entry (default: the preset's)")
     p.add_argument("--n-train", type=int, default=None, help="training images (default 9800)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sets the scenes and the initialisation (default 0)")
     p.add_argument("--only", default=None, help="comma-separated entries to train: the run's entries, "
-                   "soft_attention, mcan, or any registered fusion (with its leaderboard preset)")
+                   "san, soft_attention, mcan, or any registered fusion (with its leaderboard preset)")
     p.set_defaults(func=_cmd_run, extra=[])
 
     from .bench.cli import add_bench_parser

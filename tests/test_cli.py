@@ -71,3 +71,14 @@ def test_data_make_errors(tmp_path, capsys):
     assert "unknown dataset 'clevr'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["list", "--n-train", "3"])
+
+
+def test_run_help_names_every_extra_entry(capsys):
+    """`mmfuse run --help` lists the entries --only knows beside the default ones."""
+    from mmfuse.bench.run import EXTRA_ENTRIES
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, _, _ in EXTRA_ENTRIES:
+        assert name in text.split("--only", 1)[1], name
