@@ -78,6 +78,12 @@ def non_negative_int(key: str, value: Any) -> int:
     return int(value)
 
 
+def positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
+        raise ConfigError(key, f"expected a positive finite number, got {_kind(value)}")
+    return float(value)
+
+
 def probability(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigError(key, f"expected a probability in [0, 1), got {_kind(value)}")

@@ -22,6 +22,8 @@ from mmfuse.models.encoders import (
     SequenceEncoder,
     TransformerTextEncoder,
     VectorEncoder,
+    fourier_extend,
+    fourier_omegas,
     grid_coordinates,
     load_sentence_model,
 )
@@ -216,7 +218,125 @@ def test_cnn_flatten_is_every_cell_in_place():
 
 def _cnn_cfg():
     return {"in_channels": 3, "channels": 8, "num_layers": 2, "coords": True, "dim": 12, "dropout": 0.0,
-            "flatten": False, "height": None, "width": None}
+            "flatten": False, "height": None, "width": None, "refine_layers": 0, "keypoints": None,
+            "fourier_frequencies": 0, "fourier_spacing": "octave", "output_activation": "relu", "keypoint_sharpness": 10.0}
+
+
+def test_cnn_refine_layers_keep_the_grid_and_widen_the_receptive_field():
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=6, num_layers=2, refine_layers=2).eval()
+    convs = [m for m in enc.convs if isinstance(m, nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2), (1, 1), (1, 1)]
+    img = torch.rand(1, 3, 40, 40)
+    out = enc(img)
+    assert out.seq.shape == (1, 100, 8)  # 40 -> 20 -> 10, kept at 10 x 10 by the stride-1 layers
+    # the top-left cell reads pixels 0-3 after two stride-2 layers (padding on the outer side), and
+    # 4 more per side for each 3x3 layer at stride 4: pixels 0-11 with the two refine layers
+    strided = CNNEncoder(channels=6, num_layers=2).eval()
+    strided.convs.load_state_dict(enc.convs[:6].state_dict())
+
+    def changed(model, lo, hi):
+        img2 = img.clone()
+        img2[..., lo:hi, lo:hi] += 5.0
+        return not torch.allclose(model(img2).seq[0, 0], model(img).seq[0, 0])
+
+    assert changed(strided, 0, 4) and not changed(strided, 4, 12)
+    assert changed(enc, 8, 12) and not changed(enc, 12, 40)
+
+
+def test_cnn_fourier_coordinates_match_the_region_encoder():
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=5, num_layers=2, fourier_frequencies=3, fourier_spacing="linear").eval()
+    assert enc.out_dim == 5 + 2 + 4 * 3 == CNNEncoder.output_dim({**_cnn_cfg(), "channels": 5, "dim": None,
+                                                                   "fourier_frequencies": 3})
+    out = enc(torch.rand(2, 3, 20, 20)).seq  # [2, 25, 19]
+    xy = grid_coordinates(5, 5)
+    regions = RegionEncoder(2, fourier_columns=[0, 1], fourier_frequencies=3, fourier_spacing="linear")
+    torch.testing.assert_close(out[0, :, 5:], regions.fourier(xy))  # x, y, sin(ω x), sin(ω y), cos...
+    w = (math.pi / 2) * torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(out[1, 7, 7:10], torch.sin(w * xy[7, 0]))
+    torch.testing.assert_close(fourier_omegas(3, "octave"), (math.pi / 2) * torch.tensor([1.0, 2.0, 4.0]))
+    x = torch.rand(4, 3)
+    assert fourier_extend(x, torch.tensor([1]), torch.zeros(0)) is x
+    with pytest.raises(ValueError, match="fourier_frequencies=2 encode the coordinates"):
+        CNNEncoder(coords=False, fourier_frequencies=2)
+
+
+def _keypoints_reference(enc, img):
+    """Keypoints by explicit loops: softmax over the cells of each 1x1-conv map, then expectations."""
+    g = enc.convs(img)  # [B, C, h, w]
+    b, c, h, w = g.shape
+    weight, bias = enc.keypoint_logits.weight[:, :, 0, 0], enc.keypoint_logits.bias  # [K, C], [K]
+    beta = enc.keypoint_log_sharpness.exp()  # [K]
+    xy = grid_coordinates(h, w)
+    out = torch.zeros(b, len(bias), c + 2)
+    for n in range(b):
+        for k in range(len(bias)):
+            logits = beta[k] * torch.stack([weight[k] @ g[n, :, i, j] + bias[k] for i in range(h) for j in range(w)])
+            p = torch.exp(logits - logits.max())
+            p = p / p.sum()
+            for cell in range(h * w):
+                i, j = divmod(cell, w)
+                out[n, k, :c] += p[cell] * g[n, :, i, j]
+                out[n, k, c:] += p[cell] * xy[cell]
+    return out
+
+
+def test_cnn_keypoints_are_soft_argmax_expectations():
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=6, num_layers=2, refine_layers=1, keypoints=3, keypoint_sharpness=3.0).eval()
+    with torch.no_grad():
+        enc.keypoint_log_sharpness.add_(torch.tensor([0.0, 0.5, -1.0]))  # a different β per keypoint
+    assert enc.out_dim == 8 and CNNEncoder.output_dim({**_cnn_cfg(), "channels": 6, "dim": None, "keypoints": 3}) == 8
+    img = torch.rand(2, 3, 20, 20)
+    out = enc(img)
+    assert out.seq.shape == (2, 3, 8) and out.mask.shape == (2, 3) and out.mask.all()
+    torch.testing.assert_close(out.seq, _keypoints_reference(enc, img), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.vec, out.seq.mean(1))
+    # a flat map (zero logits) averages every cell: on a symmetric grid its position is the centre
+    nn.init.zeros_(enc.keypoint_logits.weight)
+    nn.init.zeros_(enc.keypoint_logits.bias)
+    flat = enc(img).seq
+    torch.testing.assert_close(flat[..., -2:], torch.zeros(2, 3, 2), atol=ATOL, rtol=0)
+    torch.testing.assert_close(flat[:, 0, :6], enc.convs(img).mean((2, 3)), atol=ATOL, rtol=0)
+
+
+def test_cnn_keypoint_positions_are_finer_than_a_cell():
+    """A map peaked on a bright object follows it by less than a cell's width, and stays differentiable."""
+    enc = CNNEncoder(in_channels=1, channels=1, num_layers=1, keypoints=1).eval()
+    conv, bn = enc.convs[0], enc.convs[1]
+    nn.init.constant_(conv.weight, 1.0 / 9)  # a 3x3 box filter: brightness
+    bn.running_mean.zero_(), bn.running_var.fill_(1.0 - bn.eps)
+    nn.init.constant_(enc.keypoint_logits.weight, 4.0)  # β = 10: logits 40 x brightness
+    nn.init.zeros_(enc.keypoint_logits.bias)
+
+    def position(x0):
+        img = torch.zeros(1, 1, 32, 32)
+        img[..., 12:17, x0:x0 + 5] = 1.0
+        return enc(img).seq[0, 0, -2:]  # (x, y) of the keypoint
+
+    xs = [position(x0)[0].item() for x0 in range(6, 12)]  # the object moves one pixel at a time
+    steps = torch.diff(torch.tensor(xs))
+    assert (steps > 0).all() and steps.max() < 2 / 16  # monotone, each step under one cell of 16
+    torch.testing.assert_close(position(6)[1], position(11)[1])  # moving sideways leaves y alone
+    enc.train()
+    img = torch.rand(2, 1, 32, 32, requires_grad=True)
+    enc(img).seq.sum().backward()
+    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    assert enc.keypoint_logits.weight.grad is not None and enc.keypoint_logits.weight.grad.abs().sum() > 0
+    assert enc.keypoint_log_sharpness.grad is not None and enc.keypoint_log_sharpness.grad.abs().sum() > 0
+
+
+def test_cnn_keypoint_config_errors():
+    with pytest.raises(ValueError, match="cannot be combined with keypoints"):
+        CNNEncoder(flatten=True, height=75, width=75, keypoints=4)
+    with pytest.raises(ValueError, match="they need coords=True"):
+        CNNEncoder(coords=False, keypoints=4)
+    with pytest.raises(ValueError, match="keypoint_sharpness must be a positive number, got 0"):
+        CNNEncoder(keypoints=4, keypoint_sharpness=0)
+    enc = CNNEncoder(channels=4, keypoints=5, dim=7, output_activation="none", fourier_frequencies=2)
+    out = enc(torch.rand(1, 3, 75, 75)).seq
+    assert out.shape == (1, 5, 7) and (out < 0).any()  # no ReLU after the projection
 
 
 # --------------------------------------------------------------------------- recurrent text encoders
