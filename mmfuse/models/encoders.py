@@ -329,11 +329,22 @@ def grid_coordinates(h: int, w: int, device=None, dtype=None) -> Tensor:
     return torch.stack([gx, gy], dim=-1).reshape(h * w, 2)
 
 
+def _conv_norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, GroupNorm (up to 8 groups, the largest count that divides ``channels``), or none."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(max(g for g in range(1, 9) if channels % g == 0), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"cnn: conv_norm must be 'batch', 'group' or 'none', got {kind!r}")
+
+
 @_register
 class CNNEncoder(Encoder):
     """A small CNN on raw pixels whose output grid cells (or soft keypoints) are the regions.
 
-    ``num_layers`` × (conv 3×3 stride 2 pad 1 -> BatchNorm -> ReLU) with ``channels`` filters, as
+    ``num_layers`` × (conv 3×3 stride 2 pad 1 -> norm -> ReLU) with ``channels`` filters, as
     in Santoro et al. 2017 (four layers of 24 filters): a 75×75 image gives a 5×5 grid, 25 cells;
     then ``refine_layers`` more of them at stride 1, which widen the receptive field and keep the
     grid. Each cell's features get its centre (x, y) in (-1, 1) appended (``coords``), and with
@@ -353,10 +364,22 @@ class CNNEncoder(Encoder):
     ``keypoint_sharpness`` (10): at 1 the maps of an untrained CNN on Sort-of-CLEVR were uniform
     (entropy 5.81 of 5.89 nats over 19 × 19 cells) and stayed so through five epochs of training,
     every keypoint the image's mean; at 10 they start on objects (entropy 1.1, most mass on one cell).
+    Free keypoints can all settle on the same kind of object (on Sort-of-CLEVR, trained end to end
+    on the questions, 16 keypoints ended on 3 of the 6 colours). ``keypoint_anchors`` (K = n²)
+    gives every map a learned Gaussian prior ``-|xy - μ_k|² / (2σ_k²)`` added to its logits,
+    starting on an n × n grid of anchors with σ half their spacing, and one saliency map shared by
+    all keypoints, so each keypoint takes the salient thing near its anchor.
+
+    ``conv_norm``: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm, up to 8 groups: each
+    image is normalised on its own, so training and evaluation compute the same thing) or ``none``.
+    Sharp keypoint maps magnify the gap between BatchNorm's batch and running statistics: one
+    from-pixels model scored 51.7% on the test split in evaluation mode and 67.7% with batch
+    statistics.
 
     Config: ``in_channels`` (3), ``channels`` (24), ``num_layers`` (4), ``refine_layers`` (0),
-    ``coords`` (true), ``keypoints`` (null), ``keypoint_sharpness`` (10), ``fourier_frequencies`` (0), ``fourier_spacing``
-    (``octave``), ``dim`` (null = channels + 2 + 4·fourier_frequencies), ``output_activation``
+    ``conv_norm`` (batch), ``coords`` (true), ``keypoints`` (null), ``keypoint_sharpness`` (10),
+    ``keypoint_anchors`` (false), ``fourier_frequencies`` (0), ``fourier_spacing`` (``octave``),
+    ``dim`` (null = channels + 2 + 4·fourier_frequencies), ``output_activation``
     (relu), ``dropout`` (0, on the cell features), ``flatten`` (false): the output is one vector,
     every cell's features concatenated in row-major order (Tensor[B, h·w·D], no sequence): the
     relation-network paper's CNN+MLP baseline, whose MLP sees where each cell is; the image's
@@ -372,6 +395,8 @@ class CNNEncoder(Encoder):
         "coords": Field(bool_value, True),
         "keypoints": Field(optional(positive_int), None),
         "keypoint_sharpness": Field(positive_float, 10.0),
+        "keypoint_anchors": Field(bool_value, False),
+        "conv_norm": Field(choice("batch", "group", "none"), "batch"),
         "fourier_frequencies": Field(non_negative_int, 0),
         "fourier_spacing": Field(choice("octave", "linear"), "octave"),
         "dim": Field(optional(positive_int), None),
@@ -399,6 +424,8 @@ class CNNEncoder(Encoder):
         fourier_spacing: str = "octave",
         output_activation: str = "relu",
         keypoint_sharpness: float = 10.0,
+        keypoint_anchors: bool = False,
+        conv_norm: str = "batch",
     ):
         super().__init__()
         if flatten and (height is None or width is None):
@@ -410,16 +437,30 @@ class CNNEncoder(Encoder):
         if keypoints is not None and not coords:
             raise ValueError("cnn: keypoints carry their expected (x, y); they need coords=True")
         self.in_channels, self.coords, self.keypoints = in_channels, coords, keypoints
+        if keypoint_anchors:
+            n = math.isqrt(keypoints or 0)
+            if keypoints is None or n * n != keypoints:
+                raise ValueError(f"cnn: keypoint_anchors tile an n x n grid: keypoints must be a square, got {keypoints}")
+            # each keypoint's map gets a Gaussian prior -|xy - μ_k|² / (2σ_k²) around a learned centre μ_k,
+            # starting on an n x n grid of anchors with σ_k half their spacing: every part of the
+            # image has a keypoint nearby, whichever object the saliency finds first
+            self.keypoint_centres = nn.Parameter(grid_coordinates(n, n))  # [K, 2]
+            self.keypoint_log_width = nn.Parameter(torch.full((keypoints,), math.log(1.0 / n)))
+        else:
+            self.keypoint_centres = self.keypoint_log_width = None
         self.grid = (self.grid_size(height, num_layers), self.grid_size(width, num_layers)) if flatten else None
         layers: list[nn.Module] = []
         c_in = in_channels
         for i in range(num_layers + refine_layers):
             stride = 2 if i < num_layers else 1
-            layers += [nn.Conv2d(c_in, channels, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(channels),
-                       nn.ReLU()]
+            layers += [nn.Conv2d(c_in, channels, 3, stride=stride, padding=1, bias=conv_norm == "none"),
+                       _conv_norm(conv_norm, channels), nn.ReLU()]
             c_in = channels
         self.convs = nn.Sequential(*layers)
-        self.keypoint_logits = nn.Conv2d(channels, keypoints, 1) if keypoints is not None else None
+        # one saliency map shared by anchored keypoints (each finds the salient thing near its anchor),
+        # one map per keypoint otherwise
+        maps = 1 if keypoint_anchors else keypoints
+        self.keypoint_logits = nn.Conv2d(channels, maps, 1) if keypoints is not None else None
         if keypoints is not None:
             if not 0 < keypoint_sharpness < math.inf:
                 raise ValueError(f"cnn: keypoint_sharpness must be a positive number, got {keypoint_sharpness}")
@@ -471,7 +512,12 @@ class CNNEncoder(Encoder):
 
     def keypoint_maps(self, f: Tensor) -> Tensor:
         """Grid features Tensor[B, C, h, w] -> the keypoints' softmax maps Tensor[B, K, h·w]."""
-        logits = self.keypoint_logits(f).flatten(2).float() * self.keypoint_log_sharpness.float().exp().unsqueeze(-1)
+        logits = self.keypoint_logits(f).flatten(2).float()  # [B, K or 1, h*w]
+        logits = logits * self.keypoint_log_sharpness.float().exp().unsqueeze(-1)  # [B, K, h*w]
+        if self.keypoint_centres is not None:
+            xy = grid_coordinates(*f.shape[2:], device=f.device, dtype=torch.float32)  # [h*w, 2]
+            d2 = (xy[None] - self.keypoint_centres.float()[:, None]).square().sum(-1)  # [K, h*w]
+            logits = logits - d2 / (2 * self.keypoint_log_width.float().exp().square().unsqueeze(-1))
         return logits.softmax(dim=-1).to(f.dtype)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Encoded:

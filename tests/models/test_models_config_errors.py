@@ -105,6 +105,8 @@ CASES = [
      "model.inputs.v.fourier_frequencies", "need coords: true"),
     ("cnn keypoint sharpness", with_("inputs.v", {"encoder": "cnn", "keypoints": 4, "keypoint_sharpness": -1.0}),
      "model.inputs.v.keypoint_sharpness", "positive finite number"),
+    ("cnn conv norm", with_("inputs.v", {"encoder": "cnn", "conv_norm": "layer"}), "model.inputs.v.conv_norm",
+     "one of"),
     ("cnn keypoints zero", with_("inputs.v", {"encoder": "cnn", "keypoints": 0}), "model.inputs.v.keypoints",
      "positive int"),
     ("vector fusion modalities", with_("inputs", THREE_INPUTS, with_("fusion", {"name": "bilinear", "out_dim": 4})),

@@ -219,7 +219,8 @@ def test_cnn_flatten_is_every_cell_in_place():
 def _cnn_cfg():
     return {"in_channels": 3, "channels": 8, "num_layers": 2, "coords": True, "dim": 12, "dropout": 0.0,
             "flatten": False, "height": None, "width": None, "refine_layers": 0, "keypoints": None,
-            "fourier_frequencies": 0, "fourier_spacing": "octave", "output_activation": "relu", "keypoint_sharpness": 10.0}
+            "fourier_frequencies": 0, "fourier_spacing": "octave", "output_activation": "relu", "keypoint_sharpness": 10.0,
+            "keypoint_anchors": False, "conv_norm": "batch"}
 
 
 def test_cnn_refine_layers_keep_the_grid_and_widen_the_receptive_field():
@@ -263,23 +264,65 @@ def test_cnn_fourier_coordinates_match_the_region_encoder():
 
 
 def _keypoints_reference(enc, img):
-    """Keypoints by explicit loops: softmax over the cells of each 1x1-conv map, then expectations."""
+    """Keypoints by explicit loops: each 1x1-conv map (plus its anchor prior) normalised over the
+    cells, then expectations."""
     g = enc.convs(img)  # [B, C, h, w]
     b, c, h, w = g.shape
-    weight, bias = enc.keypoint_logits.weight[:, :, 0, 0], enc.keypoint_logits.bias  # [K, C], [K]
     beta = enc.keypoint_log_sharpness.exp()  # [K]
+    n_k = len(beta)
+    weight, bias = enc.keypoint_logits.weight[:, :, 0, 0], enc.keypoint_logits.bias  # [K or 1, C], [K or 1]
+    weight, bias = weight.expand(n_k, -1), bias.expand(n_k)  # anchored keypoints share one saliency map
     xy = grid_coordinates(h, w)
-    out = torch.zeros(b, len(bias), c + 2)
+    out = torch.zeros(b, n_k, c + 2)
     for n in range(b):
-        for k in range(len(bias)):
-            logits = beta[k] * torch.stack([weight[k] @ g[n, :, i, j] + bias[k] for i in range(h) for j in range(w)])
-            p = torch.exp(logits - logits.max())
-            p = p / p.sum()
+        logits = torch.zeros(n_k, h * w)
+        for k in range(n_k):
             for cell in range(h * w):
                 i, j = divmod(cell, w)
-                out[n, k, :c] += p[cell] * g[n, :, i, j]
-                out[n, k, c:] += p[cell] * xy[cell]
+                logits[k, cell] = beta[k] * (weight[k] @ g[n, :, i, j] + bias[k])
+                if enc.keypoint_centres is not None:
+                    sigma = enc.keypoint_log_width[k].exp()
+                    logits[k, cell] -= ((xy[cell] - enc.keypoint_centres[k]) ** 2).sum() / (2 * sigma**2)
+        maps = torch.exp(logits - logits.max(1, keepdim=True).values)
+        maps = maps / maps.sum(1, keepdim=True)
+        for k in range(n_k):
+            for cell in range(h * w):
+                i, j = divmod(cell, w)
+                out[n, k, :c] += maps[k, cell] * g[n, :, i, j]
+                out[n, k, c:] += maps[k, cell] * xy[cell]
     return out
+
+
+@pytest.mark.parametrize("variant", [{}, {"keypoints": 4, "keypoint_anchors": True}])
+def test_cnn_keypoint_variants_match_the_reference(variant):
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=5, num_layers=2, **{"keypoints": 3, **variant}, keypoint_sharpness=2.0).eval()
+    with torch.no_grad():  # parameters away from their initial values
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    img = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(enc(img).seq, _keypoints_reference(enc, img), atol=ATOL, rtol=0)
+
+
+def test_cnn_anchored_keypoints_start_on_a_grid_of_anchors():
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=4, num_layers=1, keypoints=9, keypoint_anchors=True).eval()
+    torch.testing.assert_close(enc.keypoint_centres.detach(), grid_coordinates(3, 3))
+    nn.init.zeros_(enc.keypoint_logits.weight)  # no saliency: each map is its anchor's Gaussian alone
+    nn.init.zeros_(enc.keypoint_logits.bias)
+    xy = enc(torch.rand(1, 3, 48, 48)).seq[0, :, 4:6]  # 24 x 24 cells
+    torch.testing.assert_close(xy[4], torch.zeros(2), atol=ATOL, rtol=0)  # the centre anchor stays at the centre
+    # σ = 1/3 against anchors at ±2/3: the image border truncates the outer Gaussians, pulling them
+    # inwards to the mean of a Gaussian truncated to the 24 cell centres
+    centres = (2 * torch.arange(24) + 1) / 24 - 1
+    weights = torch.exp(-(centres + 2 / 3) ** 2 / (2 / 9))
+    inner = (weights * centres).sum() / weights.sum()  # about -0.571
+    torch.testing.assert_close(xy[0], torch.stack([inner, inner]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(xy[5], torch.stack([-inner, torch.tensor(0.0)]), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="keypoints must be a square, got 8"):
+        CNNEncoder(keypoints=8, keypoint_anchors=True)
+    with pytest.raises(ValueError, match="keypoints must be a square, got None"):
+        CNNEncoder(keypoint_anchors=True)
 
 
 def test_cnn_keypoints_are_soft_argmax_expectations():
@@ -325,6 +368,26 @@ def test_cnn_keypoint_positions_are_finer_than_a_cell():
     assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
     assert enc.keypoint_logits.weight.grad is not None and enc.keypoint_logits.weight.grad.abs().sum() > 0
     assert enc.keypoint_log_sharpness.grad is not None and enc.keypoint_log_sharpness.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("conv_norm", ["group", "none"])
+def test_cnn_conv_norm_makes_each_image_independent_of_its_batch(conv_norm):
+    """BatchNorm in training normalises with the batch's statistics, so an image's keypoints depend
+    on the other images of its batch (and differ from evaluation); GroupNorm or no norm do not."""
+    torch.manual_seed(0)
+    imgs = torch.rand(4, 3, 24, 24)
+    enc = CNNEncoder(channels=6, num_layers=2, keypoints=4, conv_norm=conv_norm).train()
+    norms = [m for m in enc.convs if not isinstance(m, (nn.Conv2d, nn.ReLU))]
+    assert all(isinstance(m, nn.GroupNorm if conv_norm == "group" else nn.Identity) for m in norms) and len(norms) == 2
+    if conv_norm == "group":
+        assert norms[0].num_groups == 6  # the largest divisor of 6 channels up to 8
+    torch.testing.assert_close(enc(imgs[:1]).seq, enc(imgs).seq[:1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(enc.eval()(imgs).seq, enc.train()(imgs).seq, atol=ATOL, rtol=0)
+    batch = CNNEncoder(channels=6, num_layers=2, keypoints=4).train()
+    assert not torch.allclose(batch(imgs[:1]).seq, batch(imgs).seq[:1], atol=ATOL)
+    assert CNNEncoder(channels=24, conv_norm="group").convs[1].num_groups == 8
+    with pytest.raises(ValueError, match="conv_norm must be 'batch', 'group' or 'none', got 'layer'"):
+        CNNEncoder(conv_norm="layer")
 
 
 def test_cnn_keypoint_config_errors():
