@@ -1,0 +1,110 @@
+"""Where do a from-pixels model's CNN keypoints land, and does BatchNorm change its answers?
+
+Reads one entry folder of ``mmfuse run --pixels`` (its ``config.json`` and Lightning ``last.ckpt``,
+loaded with ``weights_only=True``) and the test split of the Sort-of-CLEVR it trained on, then
+prints:
+
+- for a CNN encoder with ``keypoints``: each keypoint map's entropy (uniform = log of the cell
+  count) and largest weight, and for each of the six colours the mean distance in pixels from
+  that object's centre to the closest keypoint: a colour no keypoint covers cannot be asked about;
+- test accuracy (overall, non-relational, relational) in evaluation mode and again with every
+  BatchNorm layer normalising with its batch's statistics (13 images a batch, as in training):
+  a gap between the two means the running statistics do not stand for the batches.
+
+    python benchmarks/pixel_keypoints.py runs/s9_kp16/lxmert
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmfuse.data import sort_of_clevr as soc
+from mmfuse.models.encoders import CNNEncoder, grid_coordinates
+from mmfuse.models.task import build_model
+
+IMAGES_PER_BATCH = 13  # about 256 questions of 20 per image, as ``group_by_image`` batches them
+
+
+def load_entry(folder: Path) -> tuple[nn.Module, dict]:
+    config = json.loads((folder / "config.json").read_text())
+    model = build_model(config["model"])
+    state = torch.load(folder / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model.eval(), config
+
+
+def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor) -> None:
+    """Map entropy and sharpness per keypoint; closest keypoint per colour, in pixels."""
+    with torch.no_grad():
+        g = enc.convs(images)  # [N, C, h, w]
+        maps = enc.keypoint_maps(g)  # [N, K, h*w]
+        xy = maps @ grid_coordinates(*g.shape[2:])  # [N, K, 2] in (-1, 1)
+    entropy = -(maps.clamp_min(1e-12).log() * maps).sum(-1).mean(0)  # [K]
+    print(f"keypoint map entropy (uniform: {math.log(maps.shape[-1]):.2f} nats over {maps.shape[-1]} cells):")
+    print("  " + " ".join(f"{e:.2f}" for e in entropy.tolist()))
+    print("largest weight per map: " + " ".join(f"{m:.2f}" for m in maps.max(-1).values.mean(0).tolist()))
+    centres = regions[..., 8:10] * 2 - 1  # [N, R, 2], the objects' centres in (-1, 1)
+    colour = regions[..., :6].argmax(-1)  # [N, R]
+    half = (soc.IMAGE_SIZE - 1) / 2  # pixels per unit of (-1, 1)
+    closest = (xy[:, :, None] - centres[:, None]).norm(dim=-1).min(dim=1).values * half  # [N, R]
+    for c, name in enumerate(soc.COLOUR_NAMES):
+        d = closest[colour == c]
+        print(f"  {name:>7}: closest keypoint {d.mean():5.1f} px (median {d.median():5.1f})")
+
+
+def test_accuracy(model: nn.Module, arrays: dict, batch_statistics: bool) -> tuple[float, float, float]:
+    model.eval()
+    if batch_statistics:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.train()
+                m.momentum = 0.0  # normalise with the batch, leave the running statistics alone
+    images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float().div(255.0)
+    tokens = torch.from_numpy(arrays["question_tokens"]).long()  # [N, Q, L]
+    answer = torch.from_numpy(arrays["answer"]).long()
+    n, q = answer.shape
+    correct = torch.zeros(n, q, dtype=torch.bool)
+    with torch.no_grad():
+        for start in range(0, n, IMAGES_PER_BATCH):
+            rows = slice(start, start + IMAGES_PER_BATCH)
+            b = images[rows].shape[0]
+            t = tokens[rows].flatten(0, 1)
+            batch = {"image": images[rows].repeat_interleave(q, 0), "question_tokens": t, "question_mask": t != 0,
+                     "image_id": torch.arange(start, start + b).repeat_interleave(q)}
+            correct[rows] = (model(batch).logits.argmax(-1) == answer[rows].flatten()).view(b, q)
+    relational = torch.from_numpy(arrays["relational"]).bool()
+    return (100 * correct.float().mean().item(), 100 * correct[~relational].float().mean().item(),
+            100 * correct[relational].float().mean().item())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("entry", type=Path, help="an entry folder of `mmfuse run --pixels` (config.json, last.ckpt)")
+    p.add_argument("--images", type=int, default=64, help="test images for the keypoint report")
+    args = p.parse_args(argv)
+    model, config = load_entry(args.entry)
+    data = config["data"]
+    if data.get("representation") != "pixels":
+        raise SystemExit(f"{args.entry}: expected a from-pixels entry (data.representation: pixels), "
+                         f"got {data.get('representation')!r}")
+    root = data["path"] or soc.make_sort_of_clevr(seed=data["seed"], **{k: data[k] for k in (
+        "n_train", "n_test", "n_nonrel", "n_rel", "n_distractors", "region_noise")})
+    arrays = soc.load_sort_of_clevr(root).splits["test"]
+    enc = model.encoders["v"]
+    if isinstance(enc, CNNEncoder) and enc.keypoints is not None:
+        images = torch.from_numpy(arrays["images"][: args.images]).permute(0, 3, 1, 2).float().div(255.0)
+        keypoint_report(enc, images, torch.from_numpy(arrays["regions"][: args.images]).float())
+    for label, batch_stats in (("evaluation mode", False), ("batch statistics", True)):
+        acc, nonrel, rel = test_accuracy(model, arrays, batch_stats)
+        print(f"test accuracy, {label:>16}: {acc:.1f} overall, {nonrel:.1f} non-relational, {rel:.1f} relational")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
