@@ -39,6 +39,15 @@ def load_entry(folder: Path) -> tuple[nn.Module, dict]:
     return model.eval(), config
 
 
+def closest_keypoint(xy: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Keypoints Tensor[N, K, 2] in (-1, 1) and region rows Tensor[N, R, 10] (centres at columns
+    8, 9 in [0, 1] of the 75-pixel image) -> Tensor[N, R]: each object's distance in pixels to its
+    closest keypoint."""
+    centres = regions[..., 8:10] * 2 - 1  # [N, R, 2] in (-1, 1)
+    half = (soc.IMAGE_SIZE - 1) / 2  # pixels per unit of (-1, 1): centres are pixel / 74
+    return (xy[:, :, None] - centres[:, None]).norm(dim=-1).min(dim=1).values * half
+
+
 def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor) -> None:
     """Map entropy and sharpness per keypoint; closest keypoint per colour, in pixels."""
     with torch.no_grad():
@@ -49,10 +58,8 @@ def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor
     print(f"keypoint map entropy (uniform: {math.log(maps.shape[-1]):.2f} nats over {maps.shape[-1]} cells):")
     print("  " + " ".join(f"{e:.2f}" for e in entropy.tolist()))
     print("largest weight per map: " + " ".join(f"{m:.2f}" for m in maps.max(-1).values.mean(0).tolist()))
-    centres = regions[..., 8:10] * 2 - 1  # [N, R, 2], the objects' centres in (-1, 1)
+    closest = closest_keypoint(xy, regions)
     colour = regions[..., :6].argmax(-1)  # [N, R]
-    half = (soc.IMAGE_SIZE - 1) / 2  # pixels per unit of (-1, 1)
-    closest = (xy[:, :, None] - centres[:, None]).norm(dim=-1).min(dim=1).values * half  # [N, R]
     for c, name in enumerate(soc.COLOUR_NAMES):
         d = closest[colour == c]
         print(f"  {name:>7}: closest keypoint {d.mean():5.1f} px (median {d.median():5.1f})")

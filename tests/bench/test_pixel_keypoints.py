@@ -1,0 +1,78 @@
+"""benchmarks/pixel_keypoints.py: keypoint coverage and test accuracy with running vs batch statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from script_helpers import load_script
+
+from mmfuse.bench.run import entry_config
+from mmfuse.data import sort_of_clevr as soc
+from mmfuse.models.task import build_model
+
+
+def test_closest_keypoint_in_pixels():
+    mod = load_script("pixel_keypoints")
+    regions = torch.zeros(1, 2, 10)
+    regions[0, :, 8:10] = torch.tensor([[37.0, 37.0], [0.0, 74.0]]) / 74  # the centre, the bottom-left corner
+    xy = torch.tensor([[[0.0, 0.0], [-1.0, 0.0], [0.1, 0.0]]])  # keypoints in (-1, 1): 37 px per unit
+    d = mod.closest_keypoint(xy, regions)
+    torch.testing.assert_close(d, torch.tensor([[0.0, 37.0]]))  # corner: (-1, 0) is 1 unit = 37 px away
+
+
+def _entry(tmp_path, conv_norm):
+    """An untrained from-pixels entry folder (config.json, last.ckpt) on a tiny Sort-of-CLEVR."""
+    root = soc.make_sort_of_clevr(tmp_path / "soc", seed=0, n_train=4, n_test=5)
+    config = entry_config("dan", {"hidden_dim": 8, "hops": 1}, pixels=True, data_path=str(root))
+    config["model"]["inputs"]["v"].update(num_layers=2, channels=4, keypoints=4, conv_norm=conv_norm)
+    config["model"]["inputs"]["q"]["vocab_size"] = len(soc.WORD_VOCAB)
+    config["model"]["task"]["num_outputs"] = len(soc.ANSWER_VOCAB)
+    torch.manual_seed(0)
+    model = build_model(config["model"])
+    with torch.no_grad():  # every question answered with answer 0
+        head = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        head.weight.zero_()
+        head.bias.copy_(torch.arange(len(soc.ANSWER_VOCAB)) == 0)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, folder / "last.ckpt")
+    return folder, root
+
+
+@pytest.mark.parametrize("conv_norm", ["batch", "group"])
+def test_accuracy_counts_the_answers_and_leaves_running_statistics_alone(tmp_path, conv_norm):
+    mod = load_script("pixel_keypoints")
+    folder, root = _entry(tmp_path, conv_norm)
+    model, _ = mod.load_entry(folder)
+    arrays = soc.load_sort_of_clevr(root).splits["test"]
+    right = arrays["answer"] == 0
+    rel = arrays["relational"]
+    expected = [100 * right.mean(), 100 * right[~rel].mean(), 100 * right[rel].mean()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == (2 if conv_norm == "batch" else 0)
+    for batch_statistics in (False, True):
+        got = mod.test_accuracy(model, arrays, batch_statistics)
+        assert got == pytest.approx(expected)
+        assert all(m.training == batch_statistics for m in norms)
+    for k, v in model.state_dict().items():  # momentum 0: the running statistics did not move
+        if not k.endswith("num_batches_tracked"):
+            torch.testing.assert_close(v, before[k])
+
+
+def test_main_prints_coverage_and_both_accuracies(tmp_path, capsys):
+    mod = load_script("pixel_keypoints")
+    folder, _ = _entry(tmp_path, "batch")
+    assert mod.main([str(folder), "--images", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "keypoint map entropy (uniform: 5.89 nats over 361 cells)" in out  # 75 -> 38 -> 19
+    assert all(f"{name:>7}: closest keypoint" in out for name in soc.COLOUR_NAMES)
+    assert "test accuracy,  evaluation mode:" in out and "test accuracy, batch statistics:" in out
+    config = json.loads((folder / "config.json").read_text())
+    config["data"]["representation"] = "regions"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="expected a from-pixels entry"):
+        mod.main([str(folder)])
