@@ -367,7 +367,8 @@ class CNNEncoder(Encoder):
     Free keypoints can all settle on the same kind of object (on Sort-of-CLEVR, trained end to end
     on the questions, 16 keypoints ended on 3 of the 6 colours). ``keypoint_anchors`` (K = n²)
     gives every map a learned Gaussian prior ``-|xy - μ_k|² / (2σ_k²)`` added to its logits,
-    starting on an n × n grid of anchors with σ half their spacing, and one saliency map shared by
+    starting on an n × n grid of anchors with σ = ``keypoint_anchor_width`` (0.5) times their
+    spacing, and one saliency map shared by
     all keypoints, so each keypoint takes the salient thing near its anchor.
 
     ``conv_norm``: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm, up to 8 groups: each
@@ -378,11 +379,11 @@ class CNNEncoder(Encoder):
 
     Config: ``in_channels`` (3), ``channels`` (24), ``num_layers`` (4), ``refine_layers`` (0),
     ``conv_norm`` (batch), ``coords`` (true), ``keypoints`` (null), ``keypoint_sharpness`` (10),
-    ``keypoint_anchors`` (false), ``fourier_frequencies`` (0), ``fourier_spacing`` (``octave``),
-    ``dim`` (null = channels + 2 + 4·fourier_frequencies), ``output_activation``
-    (relu), ``dropout`` (0, on the cell features), ``flatten`` (false): the output is one vector,
-    every cell's features concatenated in row-major order (Tensor[B, h·w·D], no sequence): the
-    relation-network paper's CNN+MLP baseline, whose MLP sees where each cell is; the image's
+    ``keypoint_anchors`` (false), ``keypoint_anchor_width`` (0.5), ``fourier_frequencies`` (0),
+    ``fourier_spacing`` (``octave``), ``dim`` (null = channels + 2 + 4·fourier_frequencies),
+    ``output_activation`` (relu), ``dropout`` (0, on the cell features), ``flatten`` (false): the
+    output is one vector, every cell's features concatenated in row-major order (Tensor[B, h·w·D],
+    no sequence): the relation-network paper's CNN+MLP baseline, whose MLP sees where each cell is; the image's
     ``height`` and ``width`` are then required (``auto`` fills them from the data).
     """
 
@@ -396,6 +397,7 @@ class CNNEncoder(Encoder):
         "keypoints": Field(optional(positive_int), None),
         "keypoint_sharpness": Field(positive_float, 10.0),
         "keypoint_anchors": Field(bool_value, False),
+        "keypoint_anchor_width": Field(positive_float, 0.5),
         "conv_norm": Field(choice("batch", "group", "none"), "batch"),
         "fourier_frequencies": Field(non_negative_int, 0),
         "fourier_spacing": Field(choice("octave", "linear"), "octave"),
@@ -426,6 +428,7 @@ class CNNEncoder(Encoder):
         keypoint_sharpness: float = 10.0,
         keypoint_anchors: bool = False,
         conv_norm: str = "batch",
+        keypoint_anchor_width: float = 0.5,
     ):
         super().__init__()
         if flatten and (height is None or width is None):
@@ -433,19 +436,24 @@ class CNNEncoder(Encoder):
         if flatten and keypoints is not None:
             raise ValueError("cnn: flatten concatenates grid cells in place; it cannot be combined with keypoints")
         if fourier_frequencies and not coords:
-            raise ValueError(f"cnn: fourier_frequencies={fourier_frequencies} encode the coordinates, which coords=False leaves out")
+            raise ValueError(f"cnn: fourier_frequencies={fourier_frequencies} encode the coordinates, "
+                             "which coords=False leaves out")
         if keypoints is not None and not coords:
             raise ValueError("cnn: keypoints carry their expected (x, y); they need coords=True")
         self.in_channels, self.coords, self.keypoints = in_channels, coords, keypoints
         if keypoint_anchors:
             n = math.isqrt(keypoints or 0)
             if keypoints is None or n * n != keypoints:
-                raise ValueError(f"cnn: keypoint_anchors tile an n x n grid: keypoints must be a square, got {keypoints}")
+                raise ValueError(
+                    f"cnn: keypoint_anchors tile an n x n grid: keypoints must be a square, got {keypoints}")
             # each keypoint's map gets a Gaussian prior -|xy - μ_k|² / (2σ_k²) around a learned centre μ_k,
-            # starting on an n x n grid of anchors with σ_k half their spacing: every part of the
+            # starting on an n x n grid of anchors with σ_k = keypoint_anchor_width x their spacing: every part of the
             # image has a keypoint nearby, whichever object the saliency finds first
             self.keypoint_centres = nn.Parameter(grid_coordinates(n, n))  # [K, 2]
-            self.keypoint_log_width = nn.Parameter(torch.full((keypoints,), math.log(1.0 / n)))
+            if not 0 < keypoint_anchor_width < math.inf:
+                raise ValueError(f"cnn: keypoint_anchor_width must be a positive number, got {keypoint_anchor_width}")
+            spacing = 2.0 / n
+            self.keypoint_log_width = nn.Parameter(torch.full((keypoints,), math.log(keypoint_anchor_width * spacing)))
         else:
             self.keypoint_centres = self.keypoint_log_width = None
         self.grid = (self.grid_size(height, num_layers), self.grid_size(width, num_layers)) if flatten else None

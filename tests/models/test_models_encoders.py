@@ -220,7 +220,7 @@ def _cnn_cfg():
     return {"in_channels": 3, "channels": 8, "num_layers": 2, "coords": True, "dim": 12, "dropout": 0.0,
             "flatten": False, "height": None, "width": None, "refine_layers": 0, "keypoints": None,
             "fourier_frequencies": 0, "fourier_spacing": "octave", "output_activation": "relu", "keypoint_sharpness": 10.0,
-            "keypoint_anchors": False, "conv_norm": "batch"}
+            "keypoint_anchors": False, "conv_norm": "batch", "keypoint_anchor_width": 0.5}
 
 
 def test_cnn_refine_layers_keep_the_grid_and_widen_the_receptive_field():
@@ -319,6 +319,10 @@ def test_cnn_anchored_keypoints_start_on_a_grid_of_anchors():
     inner = (weights * centres).sum() / weights.sum()  # about -0.571
     torch.testing.assert_close(xy[0], torch.stack([inner, inner]), atol=ATOL, rtol=0)
     torch.testing.assert_close(xy[5], torch.stack([-inner, torch.tensor(0.0)]), atol=ATOL, rtol=0)
+    narrow = CNNEncoder(channels=4, num_layers=1, keypoints=9, keypoint_anchors=True, keypoint_anchor_width=0.25)
+    torch.testing.assert_close(narrow.keypoint_log_width.exp().detach(), torch.full((9,), 0.25 * 2 / 3))
+    with pytest.raises(ValueError, match="keypoint_anchor_width must be a positive number, got -1"):
+        CNNEncoder(keypoints=4, keypoint_anchors=True, keypoint_anchor_width=-1)
     with pytest.raises(ValueError, match="keypoints must be a square, got 8"):
         CNNEncoder(keypoints=8, keypoint_anchors=True)
     with pytest.raises(ValueError, match="keypoints must be a square, got None"):
