@@ -383,8 +383,8 @@ class CNNEncoder(Encoder):
     ``fourier_spacing`` (``octave``), ``dim`` (null = channels + 2 + 4·fourier_frequencies),
     ``output_activation`` (relu), ``dropout`` (0, on the cell features), ``flatten`` (false): the
     output is one vector, every cell's features concatenated in row-major order (Tensor[B, h·w·D],
-    no sequence): the relation-network paper's CNN+MLP baseline, whose MLP sees where each cell is; the image's
-    ``height`` and ``width`` are then required (``auto`` fills them from the data).
+    no sequence): the relation-network paper's CNN+MLP baseline, whose MLP sees where each cell
+    is; the image's ``height`` and ``width`` are then required (``auto`` fills them from the data).
     """
 
     name = "cnn"
