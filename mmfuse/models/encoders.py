@@ -235,9 +235,7 @@ class RegionEncoder(Encoder):
         if fourier_columns and fourier_frequencies < 1:
             raise ValueError(f"regions: fourier_frequencies must be >= 1, got {fourier_frequencies}")
         self.register_buffer("fourier_index", torch.tensor(list(fourier_columns), dtype=torch.long), persistent=False)
-        if fourier_spacing not in ("octave", "linear"):
-            raise ValueError(f"regions: fourier_spacing must be 'octave' or 'linear', got {fourier_spacing!r}")
-        omegas = fourier_omegas(fourier_frequencies if fourier_columns else 0, fourier_spacing)
+        omegas = fourier_omegas(fourier_frequencies if fourier_columns else 0, fourier_spacing, owner="regions")
         self.register_buffer("fourier_omegas", omegas, persistent=False)
         d_in += 2 * len(fourier_columns) * len(omegas)
         self.drop = dropout_or_identity(dropout)
@@ -297,11 +295,12 @@ class RegionEncoder(Encoder):
         return Encoded(seq, mask, masked_mean(seq, mask))
 
 
-def fourier_omegas(frequencies: int, spacing: str = "octave") -> Tensor:
+def fourier_omegas(frequencies: int, spacing: str = "octave", owner: str = "fourier") -> Tensor:
     """The angular frequencies of :class:`RegionEncoder`'s Fourier coordinates: ``2^k·π/2``
-    (``octave``) or ``(k + 1)·π/2`` (``linear``) for ``k < frequencies``; Tensor[frequencies]."""
+    (``octave``) or ``(k + 1)·π/2`` (``linear``) for ``k < frequencies``; Tensor[frequencies].
+    ``owner`` names the encoder in the error for an unknown spacing."""
     if spacing not in ("octave", "linear"):
-        raise ValueError(f"fourier_spacing must be 'octave' or 'linear', got {spacing!r}")
+        raise ValueError(f"{owner}: fourier_spacing must be 'octave' or 'linear', got {spacing!r}")
     k = torch.arange(frequencies, dtype=torch.float32)
     return (math.pi / 2) * (2.0**k if spacing == "octave" else k + 1)
 
@@ -361,15 +360,16 @@ class CNNEncoder(Encoder):
     position is continuous (finer than a cell) and learned end to end. A map that settles on one
     object gives that object's features and centre: the tokens of an object-level region encoder,
     from pixels. Output seq Tensor[B, K, D]. The inverse temperatures β_k are learned, starting at
-    ``keypoint_sharpness`` (10): at 1 the maps of an untrained CNN on Sort-of-CLEVR were uniform
-    (entropy 5.81 of 5.89 nats over 19 × 19 cells) and stayed so through five epochs of training,
-    every keypoint the image's mean; at 10 they start on objects (entropy 1.1, most mass on one cell).
+    ``keypoint_sharpness`` (10): at 1 no map of a Sort-of-CLEVR model sharpened in five epochs
+    of training (entropy 5.53-5.87 of 5.89 nats over 19 × 19 cells), every keypoint the image's
+    mean; at 10 the maps were sharp and on objects (entropy 0.04-1.16; docs/BENCHMARKS.md,
+    "Session 9 (from pixels, CPU)").
     Free keypoints can all settle on the same kind of object (on Sort-of-CLEVR, trained end to end
     on the questions, 16 keypoints ended on 3 of the 6 colours). ``keypoint_anchors`` (K = n²)
     gives every map a learned Gaussian prior ``-|xy - μ_k|² / (2σ_k²)`` added to its logits,
     starting on an n × n grid of anchors with σ = ``keypoint_anchor_width`` (0.5) times their
-    spacing, and one saliency map shared by
-    all keypoints, so each keypoint takes the salient thing near its anchor.
+    spacing, and one saliency map shared by all keypoints, so each keypoint takes the salient
+    thing near its anchor.
 
     ``conv_norm``: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm, up to 8 groups: each
     image is normalised on its own, so training and evaluation compute the same thing) or ``none``.
@@ -440,18 +440,21 @@ class CNNEncoder(Encoder):
                              "which coords=False leaves out")
         if keypoints is not None and not coords:
             raise ValueError("cnn: keypoints carry their expected (x, y); they need coords=True")
+        for name, value in (("keypoint_sharpness", keypoint_sharpness),
+                            ("keypoint_anchor_width", keypoint_anchor_width)):
+            if not 0 < value < math.inf:
+                raise ValueError(f"cnn: {name} must be a positive number, got {value}")
         self.in_channels, self.coords, self.keypoints = in_channels, coords, keypoints
         if keypoint_anchors:
             n = math.isqrt(keypoints or 0)
             if keypoints is None or n * n != keypoints:
                 raise ValueError(
                     f"cnn: keypoint_anchors tile an n x n grid: keypoints must be a square, got {keypoints}")
-            # each keypoint's map gets a Gaussian prior -|xy - μ_k|² / (2σ_k²) around a learned centre μ_k,
-            # starting on an n x n grid of anchors with σ_k = keypoint_anchor_width x their spacing: every part of the
-            # image has a keypoint nearby, whichever object the saliency finds first
+            # each keypoint's map gets a Gaussian prior -|xy - μ_k|² / (2σ_k²) around a learned centre
+            # μ_k, starting on an n x n grid of anchors with σ_k = keypoint_anchor_width x their
+            # spacing: every part of the image has a keypoint nearby, whichever object the saliency
+            # finds first
             self.keypoint_centres = nn.Parameter(grid_coordinates(n, n))  # [K, 2]
-            if not 0 < keypoint_anchor_width < math.inf:
-                raise ValueError(f"cnn: keypoint_anchor_width must be a positive number, got {keypoint_anchor_width}")
             spacing = 2.0 / n
             self.keypoint_log_width = nn.Parameter(torch.full((keypoints,), math.log(keypoint_anchor_width * spacing)))
         else:
@@ -470,13 +473,12 @@ class CNNEncoder(Encoder):
         maps = 1 if keypoint_anchors else keypoints
         self.keypoint_logits = nn.Conv2d(channels, maps, 1) if keypoints is not None else None
         if keypoints is not None:
-            if not 0 < keypoint_sharpness < math.inf:
-                raise ValueError(f"cnn: keypoint_sharpness must be a positive number, got {keypoint_sharpness}")
             # learned inverse temperatures β_k (in log space, so they move fast under Adam)
             self.keypoint_log_sharpness = nn.Parameter(torch.full((keypoints,), math.log(keypoint_sharpness)))
         # the (x, y) columns of a cell's features, and their Fourier frequencies
         self.register_buffer("xy_index", torch.tensor([channels, channels + 1]), persistent=False)
-        self.register_buffer("fourier_omegas", fourier_omegas(fourier_frequencies, fourier_spacing), persistent=False)
+        self.register_buffer("fourier_omegas", fourier_omegas(fourier_frequencies, fourier_spacing, owner="cnn"),
+                             persistent=False)
         feat = channels + (2 + 4 * fourier_frequencies if coords else 0)
         self.drop = dropout_or_identity(dropout)
         self.proj: nn.Module = (nn.Identity() if dim is None
@@ -505,7 +507,7 @@ class CNNEncoder(Encoder):
 
     @classmethod
     def output_dim(cls, cfg: Mapping[str, Any]) -> int:
-        coords = 2 + 4 * cfg.get("fourier_frequencies", 0) if cfg["coords"] else 0
+        coords = 2 + 4 * cfg["fourier_frequencies"] if cfg["coords"] else 0
         cell = cfg["dim"] if cfg["dim"] is not None else cfg["channels"] + coords
         if not cfg["flatten"]:
             return cell

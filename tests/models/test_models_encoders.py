@@ -259,6 +259,8 @@ def test_cnn_fourier_coordinates_match_the_region_encoder():
     torch.testing.assert_close(fourier_omegas(3, "octave"), (math.pi / 2) * torch.tensor([1.0, 2.0, 4.0]))
     x = torch.rand(4, 3)
     assert fourier_extend(x, torch.tensor([1]), torch.zeros(0)) is x
+    with pytest.raises(ValueError, match="cnn: fourier_spacing must be 'octave' or 'linear', got 'log'"):
+        CNNEncoder(fourier_frequencies=2, fourier_spacing="log")
     with pytest.raises(ValueError, match="fourier_frequencies=2 encode the coordinates"):
         CNNEncoder(coords=False, fourier_frequencies=2)
 
