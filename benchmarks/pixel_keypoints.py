@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("entry", type=Path, help="an entry folder of `mmfuse run --pixels` (config.json, last.ckpt)")
     p.add_argument("--images", type=int, default=64, help="test images for the keypoint report")
+    p.add_argument("--positions-only", action="store_true",
+                   help="print the keypoint report only, not the test accuracy (quick, e.g. during a run)")
     args = p.parse_args(argv)
     model, config = load_entry(args.entry)
     data = config["data"]
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     if isinstance(enc, CNNEncoder) and enc.keypoints is not None:
         images = torch.from_numpy(arrays["images"][: args.images]).permute(0, 3, 1, 2).float().div(255.0)
         keypoint_report(enc, images, torch.from_numpy(arrays["regions"][: args.images]).float())
-    for label, batch_stats in (("evaluation mode", False), ("batch statistics", True)):
+    for label, batch_stats in () if args.positions_only else (("evaluation mode", False), ("batch statistics", True)):
         acc, nonrel, rel = test_accuracy(model, arrays, batch_stats)
         print(f"test accuracy, {label:>16}: {acc:.1f} overall, {nonrel:.1f} non-relational, {rel:.1f} relational")
     return 0

@@ -84,6 +84,12 @@ def positive_float(key: str, value: Any) -> float:
     return float(value)
 
 
+def non_negative_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < float("inf"):
+        raise ConfigError(key, f"expected a finite number >= 0, got {_kind(value)}")
+    return float(value)
+
+
 def probability(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigError(key, f"expected a probability in [0, 1), got {_kind(value)}")

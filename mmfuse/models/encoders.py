@@ -5,7 +5,10 @@ Every encoder returns an :class:`Encoded` ``(seq, mask, vec)``:
 - ``seq``: Tensor[B, N, D] (regions, grid cells, words, time steps), or ``None`` when the
   encoder only makes a vector; rows where ``mask`` is False are exactly zero;
 - ``mask``: Tensor[B, N] bool, True = valid (``None`` with ``seq``);
-- ``vec``: Tensor[B, D]: the masked mean of ``seq``, or the final recurrent state.
+- ``vec``: Tensor[B, D]: the masked mean of ``seq``, or the final recurrent state;
+- ``aux_loss``: a scalar self-supervised loss the encoder computed in training (already
+  weighted; the trainer adds it to the task loss), or ``None`` (every encoder but ``cnn`` with
+  ``reconstruction_weight`` > 0).
 
 Padding never changes a valid output: recurrent encoders run only over the valid steps
 (packed sequences; any mask works, not only right padding), transformers mask padded keys,
@@ -52,6 +55,7 @@ from .config import (
     bool_value,
     choice,
     int_list,
+    non_negative_float,
     non_negative_int,
     optional,
     positive_float,
@@ -86,6 +90,7 @@ class Encoded(NamedTuple):
     seq: Tensor | None
     mask: Tensor | None
     vec: Tensor
+    aux_loss: Tensor | None = None
 
 
 def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -371,6 +376,18 @@ class CNNEncoder(Encoder):
     spacing, and one saliency map shared by all keypoints, so each keypoint takes the salient
     thing near its anchor.
 
+    ``reconstruction_weight`` > 0 makes the keypoints a spatial autoencoder (Finn et al. 2016;
+    the rendering as in Jakab et al. 2018, "Unsupervised learning of object landmarks through
+    conditional image generation"): in training, each keypoint is drawn as a Gaussian blob
+    (σ = ``reconstruction_width``, in the (-1, 1) units of the coordinates) carrying its
+    features, two 3×3 convolutions decode the sum, and the mean squared error against the image
+    average-pooled to the grid, times the weight, is returned as ``Encoded.aux_loss`` (the trainer
+    adds it to the task loss). To redraw every object the keypoints must cover every object,
+    which the answers alone did not make them do. ``reconstruction_only`` stops the task's
+    gradient at the keypoints, so that the CNN learns from the reconstruction alone and the
+    fusion from the keypoints it is given: trained jointly on the answers, a Sort-of-CLEVR model
+    stayed at the answer prior although its keypoints covered every object.
+
     ``conv_norm``: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm, up to 8 groups: each
     image is normalised on its own, so training and evaluation compute the same thing) or ``none``.
     Sharp keypoint maps magnify the gap between BatchNorm's batch and running statistics: one
@@ -379,7 +396,8 @@ class CNNEncoder(Encoder):
 
     Config: ``in_channels`` (3), ``channels`` (24), ``num_layers`` (4), ``refine_layers`` (0),
     ``conv_norm`` (batch), ``coords`` (true), ``keypoints`` (null), ``keypoint_sharpness`` (10),
-    ``keypoint_anchors`` (false), ``keypoint_anchor_width`` (0.5), ``fourier_frequencies`` (0),
+    ``keypoint_anchors`` (false), ``keypoint_anchor_width`` (0.5), ``reconstruction_weight`` (0),
+    ``reconstruction_width`` (0.1), ``reconstruction_only`` (false), ``fourier_frequencies`` (0),
     ``fourier_spacing`` (``octave``), ``dim`` (null = channels + 2 + 4·fourier_frequencies),
     ``output_activation`` (relu), ``dropout`` (0, on the cell features), ``flatten`` (false): the
     output is one vector, every cell's features concatenated in row-major order (Tensor[B, h·w·D],
@@ -398,6 +416,9 @@ class CNNEncoder(Encoder):
         "keypoint_sharpness": Field(positive_float, 10.0),
         "keypoint_anchors": Field(bool_value, False),
         "keypoint_anchor_width": Field(positive_float, 0.5),
+        "reconstruction_weight": Field(non_negative_float, 0.0),
+        "reconstruction_width": Field(positive_float, 0.1),
+        "reconstruction_only": Field(bool_value, False),
         "conv_norm": Field(choice("batch", "group", "none"), "batch"),
         "fourier_frequencies": Field(non_negative_int, 0),
         "fourier_spacing": Field(choice("octave", "linear"), "octave"),
@@ -429,6 +450,9 @@ class CNNEncoder(Encoder):
         keypoint_anchors: bool = False,
         conv_norm: str = "batch",
         keypoint_anchor_width: float = 0.5,
+        reconstruction_weight: float = 0.0,
+        reconstruction_width: float = 0.1,
+        reconstruction_only: bool = False,
     ):
         super().__init__()
         if flatten and (height is None or width is None):
@@ -441,9 +465,17 @@ class CNNEncoder(Encoder):
         if keypoints is not None and not coords:
             raise ValueError("cnn: keypoints carry their expected (x, y); they need coords=True")
         for name, value in (("keypoint_sharpness", keypoint_sharpness),
-                            ("keypoint_anchor_width", keypoint_anchor_width)):
+                            ("keypoint_anchor_width", keypoint_anchor_width),
+                            ("reconstruction_width", reconstruction_width)):
             if not 0 < value < math.inf:
                 raise ValueError(f"cnn: {name} must be a positive number, got {value}")
+        if not 0 <= reconstruction_weight < math.inf:
+            raise ValueError(f"cnn: reconstruction_weight must be a number >= 0, got {reconstruction_weight}")
+        if reconstruction_weight and keypoints is None:
+            raise ValueError("cnn: reconstruction_weight decodes the image from the keypoints; set keypoints")
+        if reconstruction_only and not reconstruction_weight:
+            raise ValueError("cnn: reconstruction_only trains the CNN on the reconstruction alone; "
+                             "set reconstruction_weight > 0")
         self.in_channels, self.coords, self.keypoints = in_channels, coords, keypoints
         if keypoint_anchors:
             n = math.isqrt(keypoints or 0)
@@ -486,6 +518,15 @@ class CNNEncoder(Encoder):
         self.out_dim = feat if dim is None else dim
         if self.grid is not None:
             self.out_dim *= self.grid[0] * self.grid[1]
+        # the keypoints' decoder (a spatial autoencoder): each keypoint drawn as a Gaussian blob of
+        # its features at its position, then two 3x3 convolutions (a 5-cell receptive field, so a
+        # blob cannot paint far from where its keypoint is) give the image pooled to the grid
+        self.reconstruction_weight, self.reconstruction_width = reconstruction_weight, reconstruction_width
+        self.reconstruction_only = reconstruction_only
+        self.decoder: nn.Module | None = None
+        if reconstruction_weight:
+            self.decoder = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                                         nn.Conv2d(channels, in_channels, 3, padding=1))
 
     @classmethod
     def validate(cls, key: str, cfg: Mapping[str, Any]) -> None:
@@ -495,6 +536,10 @@ class CNNEncoder(Encoder):
                     raise ConfigError(f"{key}.{f}", "flatten needs the image size: set it or use 'auto' (from the data)")
             if cfg["keypoints"] is not None:
                 raise ConfigError(f"{key}.keypoints", "flatten concatenates grid cells in place; set keypoints: null")
+        if cfg["reconstruction_weight"] and cfg["keypoints"] is None:
+            raise ConfigError(f"{key}.reconstruction_weight", "it decodes the image from the keypoints: set keypoints")
+        if cfg["reconstruction_only"] and not cfg["reconstruction_weight"]:
+            raise ConfigError(f"{key}.reconstruction_only", "the CNN would learn nothing: set reconstruction_weight > 0")
         if not cfg["coords"]:
             if cfg["keypoints"] is not None:
                 raise ConfigError(f"{key}.keypoints", "keypoints carry their expected (x, y): they need coords: true")
@@ -540,8 +585,13 @@ class CNNEncoder(Encoder):
         if self.coords:
             xy = grid_coordinates(h, w, device=f.device, dtype=f.dtype)  # [h*w, 2]
             f = torch.cat([f, xy.expand(b, -1, -1)], dim=-1)  # [B, h*w, C + 2]
+        aux = None
         if self.keypoints is not None:
             f = self.keypoint_maps(g) @ f  # [B, K, C + 2]: expected features and (x, y)
+            if self.decoder is not None and self.training:
+                aux = self.reconstruction_weight * self.reconstruction_loss(x, f, h, w)
+            if self.reconstruction_only:  # the task's gradient stops at the keypoints
+                f = f.detach()
         f = fourier_extend(f, self.xy_index, self.fourier_omegas)
         seq = self.proj(self.drop(f))  # [B, h*w or K, D]
         if self.grid is not None:  # one vector of every cell, in a fixed order: no sequence
@@ -549,7 +599,21 @@ class CNNEncoder(Encoder):
                 raise ValueError(f"cnn: flatten was built for a {self.grid[0]}x{self.grid[1]} grid of cells, "
                                  f"got {h}x{w} from images of {tuple(x.shape[2:])}")
             return Encoded(None, None, seq.flatten(1))
-        return Encoded(seq, _full_mask(seq), seq.mean(dim=1))
+        return Encoded(seq, _full_mask(seq), seq.mean(dim=1), aux)
+
+    def render(self, keypoints: Tensor, h: int, w: int) -> Tensor:
+        """Keypoints Tensor[B, K, C + 2] (features, then x, y) -> the decoder's input Tensor[B, C, h, w]:
+        ``Σ_k f_k exp(-|u - xy_k|² / (2 σ²))`` at every cell centre u, σ = ``reconstruction_width``."""
+        xy = grid_coordinates(h, w, device=keypoints.device, dtype=keypoints.dtype)  # [h*w, 2]
+        d2 = (xy - keypoints[..., None, -2:]).square().sum(-1)  # [B, K, h*w]
+        blobs = torch.exp(-d2 / (2 * self.reconstruction_width ** 2))
+        feats = keypoints[..., :-2]  # [B, K, C]
+        return (feats.transpose(1, 2) @ blobs).unflatten(-1, (h, w))  # [B, C, h, w]
+
+    def reconstruction_loss(self, x: Tensor, keypoints: Tensor, h: int, w: int) -> Tensor:
+        """Mean squared error between the decoded keypoints and the image average-pooled to the grid."""
+        target = nn.functional.adaptive_avg_pool2d(x.float(), (h, w))
+        return nn.functional.mse_loss(self.decoder(self.render(keypoints, h, w)).float(), target)
 
 
 # --------------------------------------------------------------------------- sequences

@@ -91,11 +91,13 @@ class ModelOutput(NamedTuple):
     """``logits``: Tensor[B, num_outputs]; ``attention``: the attention fusion's maps, or None;
     ``aux_logits``: per-modality logits of a fusion with auxiliary outputs (CentralNet's unimodal
     networks, each through the same head), empty otherwise; the trainer adds their losses,
-    weighted by ``train.aux_loss_weight``."""
+    weighted by ``train.aux_loss_weight``; ``aux_losses``: the encoders' self-supervised losses
+    (``Encoded.aux_loss``, already weighted), which the trainer adds as they are."""
 
     logits: Tensor
     attention: AttentionOutput | None
     aux_logits: tuple[Tensor, ...] = ()
+    aux_losses: tuple[Tensor, ...] = ()
 
 
 def _model_section(config: Any) -> Mapping[str, Any]:
@@ -298,7 +300,7 @@ class TaskModel(nn.Module):
                 pick = (lambda t: None if t is None else t[first])
                 e = self._normed(name, enc(pick(x), pick(mask), **{k: pick(v) for k, v in extra.items()}))
                 e = Encoded(None if e.seq is None else e.seq[inverse],
-                            None if e.mask is None else e.mask[inverse], e.vec[inverse])
+                            None if e.mask is None else e.mask[inverse], e.vec[inverse], e.aux_loss)
             out[name] = e
         return out
 
@@ -313,10 +315,11 @@ class TaskModel(nn.Module):
             seq = norm(seq)
             if e.mask is not None:
                 seq = seq * e.mask.unsqueeze(-1).to(seq.dtype)
-        return Encoded(seq, e.mask, norm(e.vec))
+        return Encoded(seq, e.mask, norm(e.vec), e.aux_loss)
 
     def forward(self, batch: Mapping[str, Any]) -> ModelOutput:
         encoded = list(self.encode(batch).values())
+        aux_losses = tuple(e.aux_loss for e in encoded if e.aux_loss is not None)
         if self.fusion_kind == "attention":
             v, q = encoded
             q_cfg = list(self._config["inputs"].values())[1]
@@ -332,9 +335,9 @@ class TaskModel(nn.Module):
             if hasattr(self.fusion, "forward_with_aux"):  # CentralNet: the unimodal outputs too
                 out = self.fusion.forward_with_aux(*vectors)
                 # the unimodal outputs keep their own leading dims; each is [B, out_dim] here
-                return ModelOutput(self.head(out.fused), None, tuple(self.head(u) for u in out.unimodal))
+                return ModelOutput(self.head(out.fused), None, tuple(self.head(u) for u in out.unimodal), aux_losses)
             fused = self.fusion(*vectors)  # [B, out_dim]
-        return ModelOutput(self.head(fused), att)
+        return ModelOutput(self.head(fused), att, (), aux_losses)
 
     def extra_repr(self) -> str:
         return f"task={self.task_kind}, num_outputs={self.num_outputs}, fusion={self._config['fusion']['name']}"

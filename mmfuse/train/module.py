@@ -196,6 +196,7 @@ class TaskModule(L.LightningModule):
         self.loss_name = _loss_name(self.train_config["loss"], self.kind)
         self.metrics: dict[str, dict[str, float]] = {}
         self.train_samples = 0
+        self.last_encoder_loss: torch.Tensor | None = None  # the encoders' self-supervised losses, for the log
         self._sums: dict[str, _Sums] = {}
         self.save_hyperparameters({"config": self.run_config}, logger=False)
 
@@ -239,7 +240,8 @@ class TaskModule(L.LightningModule):
 
     def training_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
         """``(loss, batch size)``: the task loss, plus ``train.aux_loss_weight`` times the losses of
-        the model's auxiliary logits where it has them (CentralNet: ``L_c + β Σ_m L_m``)."""
+        the model's auxiliary logits where it has them (CentralNet: ``L_c + β Σ_m L_m``), plus the
+        encoders' self-supervised losses (logged as ``train/aux_loss``)."""
         out = self.model(batch)
         logits = self._check_logits(out.logits if hasattr(out, "logits") else out)
         target = self._target(batch, logits)
@@ -248,12 +250,20 @@ class TaskModule(L.LightningModule):
         weight = self.train_config.get("aux_loss_weight", 1.0)
         if aux and weight > 0:
             loss = loss + weight * sum(self._loss(self._check_logits(a), target) for a in aux)
+        encoder_losses = getattr(out, "aux_losses", ())
+        self.last_encoder_loss = None
+        if encoder_losses:
+            extra = sum(a.float() for a in encoder_losses)
+            self.last_encoder_loss = extra.detach()
+            loss = loss + extra
         return loss, int(logits.shape[0])
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, size = self.training_loss(batch)
         self.train_samples += size
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        if self.last_encoder_loss is not None:
+            self.log("train/aux_loss", self.last_encoder_loss, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
         return loss
 

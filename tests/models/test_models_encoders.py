@@ -408,6 +408,78 @@ def test_cnn_keypoint_config_errors():
     assert out.shape == (1, 5, 7) and (out < 0).any()  # no ReLU after the projection
 
 
+def test_cnn_render_draws_each_keypoint_as_a_gaussian_of_its_features():
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=3, num_layers=1, keypoints=2, reconstruction_weight=1.0, reconstruction_width=0.3)
+    kp = torch.randn(2, 2, 5)  # [B, K, 3 features + (x, y)]
+    h, w = 4, 6
+    xy = grid_coordinates(h, w)
+    ref = torch.zeros(2, 3, h, w)
+    for n in range(2):
+        for k in range(2):
+            for cell in range(h * w):
+                i, j = divmod(cell, w)
+                blob = math.exp(-((xy[cell] - kp[n, k, 3:]) ** 2).sum().item() / (2 * 0.3**2))
+                ref[n, :, i, j] += blob * kp[n, k, :3]
+    torch.testing.assert_close(enc.render(kp, h, w), ref, atol=ATOL, rtol=0)
+
+
+def test_cnn_reconstruction_loss_is_weighted_and_only_in_training():
+    torch.manual_seed(0)
+    img = torch.rand(3, 3, 20, 20)
+    enc = CNNEncoder(channels=4, num_layers=2, keypoints=3, reconstruction_weight=2.5).train()
+    out = enc(img)
+    g = enc.convs(img)
+    kp = enc.keypoint_maps(g) @ torch.cat([g.flatten(2).transpose(1, 2), grid_coordinates(5, 5).expand(3, -1, -1)], -1)
+    pooled = nn.functional.adaptive_avg_pool2d(img, (5, 5))
+    expected = 2.5 * (enc.decoder(enc.render(kp, 5, 5)) - pooled).square().mean()
+    torch.testing.assert_close(out.aux_loss, expected, atol=ATOL, rtol=0)
+    out.aux_loss.backward()
+    for name in ("decoder.0.weight", "decoder.2.bias", "keypoint_logits.weight", "convs.0.weight"):
+        grad = dict(enc.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    assert enc.eval()(img).aux_loss is None  # evaluation computes no loss
+    assert CNNEncoder(channels=4, num_layers=2, keypoints=3).train()(img).aux_loss is None
+    with pytest.raises(ValueError, match="reconstruction_weight decodes the image from the keypoints; set keypoints"):
+        CNNEncoder(reconstruction_weight=1.0)
+    with pytest.raises(ValueError, match="reconstruction_weight must be a number >= 0, got -1"):
+        CNNEncoder(keypoints=2, reconstruction_weight=-1.0)
+    with pytest.raises(ValueError, match="reconstruction_width must be a positive number, got 0"):
+        CNNEncoder(keypoints=2, reconstruction_weight=1.0, reconstruction_width=0.0)
+
+
+def test_cnn_reconstruction_alone_moves_a_keypoint_onto_the_object():
+    """The spatial autoencoder: to redraw the image from one blob, the keypoint must sit on the
+    image's one object. From a flat map (the keypoint at the image's centre), trained on the
+    reconstruction loss only, its position ends within a fifth of a cell of a red square's centre
+    on a white background (Sort-of-CLEVR's colours), wherever the square is. Not every start gets
+    there: with this setup 3 of seeds 0-3 did (error 0.015-0.025) and seed 3 stayed at 0.62."""
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=8, num_layers=1, keypoints=1, reconstruction_weight=1.0, reconstruction_width=0.15,
+                     conv_norm="group")
+    nn.init.zeros_(enc.keypoint_logits.weight)  # a flat map: the keypoint starts at the image's centre
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
+
+    def squares(n):
+        corner = torch.randint(0, 20, (n, 2))
+        img = torch.ones(n, 3, 24, 24)
+        for b, (r, c) in enumerate(corner.tolist()):
+            img[b, 1:, r:r + 4, c:c + 4] = 0.0  # red
+        centre = (corner.float() + 2.0) / 12.0 - 1.0  # (row, col) centre in (-1, 1)
+        return img, centre.flip(-1)  # (x, y)
+
+    img, centre = squares(64)
+    before = (enc.eval()(img).seq[:, 0, -2:] - centre).norm(dim=-1).mean()
+    enc.train()
+    for _ in range(300):
+        batch, _ = squares(32)
+        opt.zero_grad()
+        enc(batch).aux_loss.backward()
+        opt.step()
+    error = (enc.eval()(img).seq[:, 0, -2:] - centre).norm(dim=-1)
+    assert before > 0.5 and error.mean() < 0.2 / 6, (before, error.mean())  # a cell is 2 / 12 wide
+
+
 # --------------------------------------------------------------------------- recurrent text encoders
 
 

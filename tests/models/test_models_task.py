@@ -199,6 +199,66 @@ def test_centralnet_model_returns_unimodal_logits_and_the_trainer_adds_their_los
     assert build_model(soc_config({"name": "mlb", "out_dim": 12, "hidden_dim": 8}))(batch).aux_logits == ()
 
 
+def _keypoint_model(**v):
+    cfg = {"task": {"kind": "classification", "num_outputs": 6},
+           "inputs": {"v": {"encoder": "cnn", "key": "image", "channels": 4, "num_layers": 2, "dim": 8,
+                            "group_key": "image_id", "keypoints": 3, "reconstruction_weight": 2.0, **v},
+                      "q": {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": 20,
+                            "dim": 8, "feed": "vector"}},
+           "fusion": {"name": "dan", "out_dim": 8}, "head": {"hidden_dims": [8]}}
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def _keypoint_batch():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([0, 0, 1, 1, 1, 2])  # three images, six questions
+    return {"image": torch.rand(3, 3, 16, 16, generator=g)[ids], "image_id": ids,
+            "question_tokens": torch.randint(1, 20, (6, 5), generator=g), "question_mask": torch.ones(6, 5, dtype=torch.bool),
+            "answer": torch.randint(0, 6, (6,), generator=g)}
+
+
+def test_cnn_reconstruction_loss_reaches_the_trainer_once_per_image():
+    pytest.importorskip("lightning")
+    from mmfuse.train.module import TaskModule
+
+    model, batch = _keypoint_model().train(), _keypoint_batch()
+    enc = model.encoders["v"]
+    out = model(batch)
+    assert len(out.aux_losses) == 1
+    distinct = batch["image"][[0, 2, 5]]  # the group key encodes each image once: the loss is over 3 images
+    torch.testing.assert_close(out.aux_losses[0], enc(distinct).aux_loss)
+    info = {"task": {"kind": "classification", "num_outputs": 6}, "target_key": "answer"}
+    cfg = {"model": {}, "train": {"loss": "auto", "label_smoothing": 0.0, "seed": 0}}
+    module = TaskModule(model, cfg, info)
+    torch.manual_seed(1)  # the same dropout masks in both
+    loss, size = module.training_loss(batch)
+    torch.manual_seed(1)
+    task = torch.nn.functional.cross_entropy(model(batch).logits, batch["answer"])
+    torch.testing.assert_close(loss, task + enc(distinct).aux_loss)
+    torch.testing.assert_close(module.last_encoder_loss, enc(distinct).aux_loss.detach())
+    assert size == 6
+    assert model.eval()(batch).aux_losses == ()  # no loss in evaluation
+
+
+def test_cnn_reconstruction_only_keeps_the_task_gradient_out_of_the_cnn():
+    batch = _keypoint_batch()
+    grads = {}
+    for only in (False, True):
+        model = _keypoint_model(reconstruction_only=only).train()
+        out = model(batch)
+        torch.nn.functional.cross_entropy(out.logits, batch["answer"]).backward()  # the task loss alone
+        enc = model.encoders["v"]
+        grads[only] = enc.convs[0].weight.grad
+        assert enc.proj[0].weight.grad.abs().sum() > 0  # the projection after the keypoints still learns
+        if only:
+            model.zero_grad()
+            out = model(batch)
+            out.aux_losses[0].backward()  # the reconstruction still trains the CNN
+            assert enc.convs[0].weight.grad.abs().sum() > 0
+    assert grads[False].abs().sum() > 0 and grads[True] is None
+
+
 def _pixel_model(group_key):
     cfg = {"task": {"kind": "classification", "num_outputs": 6},
            "inputs": {"v": {"encoder": "cnn", "key": "image", "channels": 4, "num_layers": 3, "dim": 8, "group_key": group_key},
