@@ -388,6 +388,15 @@ class CNNEncoder(Encoder):
     fusion from the keypoints it is given: trained jointly on the answers, a Sort-of-CLEVR model
     stayed at the answer prior although its keypoints covered every object.
 
+    What a keypoint carries beyond its position: its map's expected CNN features, plus with
+    ``keypoint_glimpse`` = G the features of the G×G pixels centred on it (cropped bilinearly,
+    so the crop follows the position's gradient, and encoded by three 3×3 convs, two at stride
+    2, averaged, then a Linear to ``channels``), as a spatial transformer's glimpse (Jaderberg et
+    al. 2015). ``keypoint_norm`` standardises these features one by one over the batch's
+    keypoints (BatchNorm1d). Both are there for the object's appearance: on Sort-of-CLEVR, with
+    keypoints on every object, LXMERT learned where the objects were but not their shapes from
+    the raw CNN features (docs/BENCHMARKS.md, "Session 10").
+
     ``conv_norm``: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm, up to 8 groups: each
     image is normalised on its own, so training and evaluation compute the same thing) or ``none``.
     Sharp keypoint maps magnify the gap between BatchNorm's batch and running statistics: one
@@ -397,8 +406,10 @@ class CNNEncoder(Encoder):
     Config: ``in_channels`` (3), ``channels`` (24), ``num_layers`` (4), ``refine_layers`` (0),
     ``conv_norm`` (batch), ``coords`` (true), ``keypoints`` (null), ``keypoint_sharpness`` (10),
     ``keypoint_anchors`` (false), ``keypoint_anchor_width`` (0.5), ``reconstruction_weight`` (0),
-    ``reconstruction_width`` (0.1), ``reconstruction_only`` (false), ``fourier_frequencies`` (0),
-    ``fourier_spacing`` (``octave``), ``dim`` (null = channels + 2 + 4·fourier_frequencies),
+    ``reconstruction_width`` (0.1), ``reconstruction_only`` (false), ``reconstruction_scale`` (1),
+    ``keypoint_glimpse`` (0 = none), ``keypoint_norm`` (false), ``fourier_frequencies`` (0),
+    ``fourier_spacing`` (``octave``), ``dim`` (null = channels (twice that with a glimpse) + 2 +
+    4·fourier_frequencies),
     ``output_activation`` (relu), ``dropout`` (0, on the cell features), ``flatten`` (false): the
     output is one vector, every cell's features concatenated in row-major order (Tensor[B, h·w·D],
     no sequence): the relation-network paper's CNN+MLP baseline, whose MLP sees where each cell
@@ -419,6 +430,9 @@ class CNNEncoder(Encoder):
         "reconstruction_weight": Field(non_negative_float, 0.0),
         "reconstruction_width": Field(positive_float, 0.1),
         "reconstruction_only": Field(bool_value, False),
+        "reconstruction_scale": Field(positive_int, 1),
+        "keypoint_glimpse": Field(non_negative_int, 0),
+        "keypoint_norm": Field(bool_value, False),
         "conv_norm": Field(choice("batch", "group", "none"), "batch"),
         "fourier_frequencies": Field(non_negative_int, 0),
         "fourier_spacing": Field(choice("octave", "linear"), "octave"),
@@ -453,6 +467,9 @@ class CNNEncoder(Encoder):
         reconstruction_weight: float = 0.0,
         reconstruction_width: float = 0.1,
         reconstruction_only: bool = False,
+        reconstruction_scale: int = 1,
+        keypoint_glimpse: int = 0,
+        keypoint_norm: bool = False,
     ):
         super().__init__()
         if flatten and (height is None or width is None):
@@ -473,6 +490,9 @@ class CNNEncoder(Encoder):
             raise ValueError(f"cnn: reconstruction_weight must be a number >= 0, got {reconstruction_weight}")
         if reconstruction_weight and keypoints is None:
             raise ValueError("cnn: reconstruction_weight decodes the image from the keypoints; set keypoints")
+        if (keypoint_glimpse or keypoint_norm) and keypoints is None:
+            raise ValueError(f"cnn: keypoint_glimpse={keypoint_glimpse} / keypoint_norm={keypoint_norm} "
+                             "act on keypoints; set keypoints")
         if reconstruction_only and not reconstruction_weight:
             raise ValueError("cnn: reconstruction_only trains the CNN on the reconstruction alone; "
                              "set reconstruction_weight > 0")
@@ -507,11 +527,23 @@ class CNNEncoder(Encoder):
         if keypoints is not None:
             # learned inverse temperatures β_k (in log space, so they move fast under Adam)
             self.keypoint_log_sharpness = nn.Parameter(torch.full((keypoints,), math.log(keypoint_sharpness)))
+        # a glimpse encoder: the G x G pixels around each keypoint, through three 3x3 convs (two at
+        # stride 2), averaged, then a Linear: `channels` more features per keypoint
+        self.glimpse = keypoint_glimpse
+        self.glimpse_encoder: nn.Module | None = None
+        if keypoint_glimpse:
+            self.glimpse_encoder = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, channels))
+        token = channels * (2 if keypoint_glimpse else 1)  # a cell's or keypoint's features, before (x, y)
+        self.keypoint_norm = nn.BatchNorm1d(token) if keypoint_norm else None
         # the (x, y) columns of a cell's features, and their Fourier frequencies
-        self.register_buffer("xy_index", torch.tensor([channels, channels + 1]), persistent=False)
+        self.register_buffer("xy_index", torch.tensor([token, token + 1]), persistent=False)
         self.register_buffer("fourier_omegas", fourier_omegas(fourier_frequencies, fourier_spacing, owner="cnn"),
                              persistent=False)
-        feat = channels + (2 + 4 * fourier_frequencies if coords else 0)
+        feat = token + (2 + 4 * fourier_frequencies if coords else 0)
         self.drop = dropout_or_identity(dropout)
         self.proj: nn.Module = (nn.Identity() if dim is None
                                 else nn.Sequential(nn.Linear(feat, dim), make_activation(output_activation, "cnn")))
@@ -519,14 +551,19 @@ class CNNEncoder(Encoder):
         if self.grid is not None:
             self.out_dim *= self.grid[0] * self.grid[1]
         # the keypoints' decoder (a spatial autoencoder): each keypoint drawn as a Gaussian blob of
-        # its features at its position, then two 3x3 convolutions (a 5-cell receptive field, so a
-        # blob cannot paint far from where its keypoint is) give the image pooled to the grid
+        # its features at its position on a grid `reconstruction_scale` times finer than the CNN's,
+        # then 3x3 convolutions (two, plus one per doubling of the scale: a receptive field of about
+        # an object, so a blob cannot paint far from where its keypoint is) give the image pooled
+        # to that grid
         self.reconstruction_weight, self.reconstruction_width = reconstruction_weight, reconstruction_width
-        self.reconstruction_only = reconstruction_only
+        self.reconstruction_only, self.reconstruction_scale = reconstruction_only, reconstruction_scale
         self.decoder: nn.Module | None = None
         if reconstruction_weight:
-            self.decoder = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                                         nn.Conv2d(channels, in_channels, 3, padding=1))
+            hidden = 1 + math.ceil(math.log2(reconstruction_scale))
+            convs: list[nn.Module] = []
+            for _ in range(hidden):
+                convs += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
+            self.decoder = nn.Sequential(*convs, nn.Conv2d(channels, in_channels, 3, padding=1))
 
     @classmethod
     def validate(cls, key: str, cfg: Mapping[str, Any]) -> None:
@@ -538,6 +575,9 @@ class CNNEncoder(Encoder):
                 raise ConfigError(f"{key}.keypoints", "flatten concatenates grid cells in place; set keypoints: null")
         if cfg["reconstruction_weight"] and cfg["keypoints"] is None:
             raise ConfigError(f"{key}.reconstruction_weight", "it decodes the image from the keypoints: set keypoints")
+        for name in ("keypoint_glimpse", "keypoint_norm"):
+            if cfg[name] and cfg["keypoints"] is None:
+                raise ConfigError(f"{key}.{name}", "it acts on keypoints: set keypoints")
         if cfg["reconstruction_only"] and not cfg["reconstruction_weight"]:
             raise ConfigError(f"{key}.reconstruction_only", "the CNN would learn nothing: set reconstruction_weight > 0")
         if not cfg["coords"]:
@@ -553,7 +593,8 @@ class CNNEncoder(Encoder):
     @classmethod
     def output_dim(cls, cfg: Mapping[str, Any]) -> int:
         coords = 2 + 4 * cfg["fourier_frequencies"] if cfg["coords"] else 0
-        cell = cfg["dim"] if cfg["dim"] is not None else cfg["channels"] + coords
+        token = cfg["channels"] * (2 if cfg["keypoint_glimpse"] else 1)
+        cell = cfg["dim"] if cfg["dim"] is not None else token + coords
         if not cfg["flatten"]:
             return cell
         return cell * cls.grid_size(cfg["height"], cfg["num_layers"]) * cls.grid_size(cfg["width"], cfg["num_layers"])
@@ -592,6 +633,12 @@ class CNNEncoder(Encoder):
                 aux = self.reconstruction_weight * self.reconstruction_loss(x, f, h, w)
             if self.reconstruction_only:  # the task's gradient stops at the keypoints
                 f = f.detach()
+            feats, xy = f[..., :-2], f[..., -2:]
+            if self.glimpse_encoder is not None:
+                feats = torch.cat([feats, self.glimpse_features(x, xy)], dim=-1)
+            if self.keypoint_norm is not None:  # each feature standardised over the batch's keypoints
+                feats = self.keypoint_norm(feats.transpose(1, 2)).transpose(1, 2)
+            f = torch.cat([feats, xy], dim=-1)
         f = fourier_extend(f, self.xy_index, self.fourier_omegas)
         seq = self.proj(self.drop(f))  # [B, h*w or K, D]
         if self.grid is not None:  # one vector of every cell, in a fixed order: no sequence
@@ -600,6 +647,26 @@ class CNNEncoder(Encoder):
                                  f"got {h}x{w} from images of {tuple(x.shape[2:])}")
             return Encoded(None, None, seq.flatten(1))
         return Encoded(seq, _full_mask(seq), seq.mean(dim=1), aux)
+
+    def glimpses(self, x: Tensor, xy: Tensor) -> Tensor:
+        """Images Tensor[B, C, H, W] and keypoints' (x, y) Tensor[B, K, 2] in (-1, 1) -> the G x G
+        pixels centred on each keypoint, Tensor[B, K, C, G, G] (bilinear, border pixels repeated
+        outside the image; the CNN grid's (-1, 1) and the image's agree to within a pixel)."""
+        g = self.glimpse
+        step = 2.0 / torch.tensor([x.shape[-1], x.shape[-2]], device=x.device, dtype=xy.dtype)  # one pixel in x, y
+        offsets = (torch.arange(g, device=x.device, dtype=xy.dtype) - (g - 1) / 2)  # [G]
+        oy, ox = torch.meshgrid(offsets, offsets, indexing="ij")  # [G, G]
+        grid = xy[:, :, None, None, :] + torch.stack([ox, oy], dim=-1) * step  # [B, K, G, G, 2]
+        b, k = xy.shape[:2]
+        patches = nn.functional.grid_sample(x, grid.reshape(b, k * g, g, 2).to(x.dtype), mode="bilinear",
+                                            padding_mode="border", align_corners=False)  # [B, C, K*G, G]
+        return patches.unflatten(2, (k, g)).transpose(1, 2)  # [B, K, C, G, G]
+
+    def glimpse_features(self, x: Tensor, xy: Tensor) -> Tensor:
+        """Each keypoint's glimpse through the glimpse encoder: Tensor[B, K, channels]."""
+        patches = self.glimpses(x, xy)
+        b, k = patches.shape[:2]
+        return self.glimpse_encoder(patches.flatten(0, 1)).unflatten(0, (b, k))
 
     def render(self, keypoints: Tensor, h: int, w: int) -> Tensor:
         """Keypoints Tensor[B, K, C + 2] (features, then x, y) -> the decoder's input Tensor[B, C, h, w]:
@@ -611,7 +678,9 @@ class CNNEncoder(Encoder):
         return (feats.transpose(1, 2) @ blobs).unflatten(-1, (h, w))  # [B, C, h, w]
 
     def reconstruction_loss(self, x: Tensor, keypoints: Tensor, h: int, w: int) -> Tensor:
-        """Mean squared error between the decoded keypoints and the image average-pooled to the grid."""
+        """Mean squared error between the decoded keypoints and the image average-pooled to the grid
+        (``reconstruction_scale`` times finer than the CNN's ``h`` x ``w``)."""
+        h, w = h * self.reconstruction_scale, w * self.reconstruction_scale
         target = nn.functional.adaptive_avg_pool2d(x.float(), (h, w))
         return nn.functional.mse_loss(self.decoder(self.render(keypoints, h, w)).float(), target)
 

@@ -71,6 +71,9 @@ def test_main_prints_coverage_and_both_accuracies(tmp_path, capsys):
     assert "keypoint map entropy (uniform: 5.89 nats over 361 cells)" in out  # 75 -> 38 -> 19
     assert all(f"{name:>7}: closest keypoint" in out for name in soc.COLOUR_NAMES)
     assert "test accuracy,  evaluation mode:" in out and "test accuracy, batch statistics:" in out
+    assert mod.main([str(folder), "--images", "3", "--positions-only"]) == 0
+    out = capsys.readouterr().out
+    assert "red: closest keypoint" in out and "test accuracy" not in out
     config = json.loads((folder / "config.json").read_text())
     config["data"]["representation"] = "regions"
     (folder / "config.json").write_text(json.dumps(config))

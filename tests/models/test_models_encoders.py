@@ -217,10 +217,8 @@ def test_cnn_flatten_is_every_cell_in_place():
 
 
 def _cnn_cfg():
-    return {"in_channels": 3, "channels": 8, "num_layers": 2, "coords": True, "dim": 12, "dropout": 0.0,
-            "flatten": False, "height": None, "width": None, "refine_layers": 0, "keypoints": None,
-            "fourier_frequencies": 0, "fourier_spacing": "octave", "output_activation": "relu", "keypoint_sharpness": 10.0,
-            "keypoint_anchors": False, "conv_norm": "batch", "keypoint_anchor_width": 0.5}
+    """A normalised cnn config: every field's default, with a few changed."""
+    return {**{k: f.default for k, f in CNNEncoder.fields.items()}, "channels": 8, "num_layers": 2, "dim": 12}
 
 
 def test_cnn_refine_layers_keep_the_grid_and_widen_the_receptive_field():
@@ -478,6 +476,43 @@ def test_cnn_reconstruction_alone_moves_a_keypoint_onto_the_object():
         opt.step()
     error = (enc.eval()(img).seq[:, 0, -2:] - centre).norm(dim=-1)
     assert before > 0.5 and error.mean() < 0.2 / 6, (before, error.mean())  # a cell is 2 / 12 wide
+
+
+def test_cnn_glimpses_are_the_pixels_around_each_keypoint():
+    torch.manual_seed(0)
+    enc = CNNEncoder(in_channels=2, channels=4, keypoints=2, keypoint_glimpse=5)
+    img = torch.rand(1, 2, 20, 30)
+    px, py = torch.tensor([7, 28]), torch.tensor([11, 1])  # pixel columns, rows; the second near a corner
+    xy = torch.stack([(2 * px + 1) / 30 - 1, (2 * py + 1) / 20 - 1], dim=-1)[None]  # pixel centres in (-1, 1)
+    got = enc.glimpses(img, xy)  # [1, 2, 2, 5, 5]
+    torch.testing.assert_close(got[0, 0], img[0, :, 9:14, 5:10], atol=ATOL, rtol=0)
+    clamp_r, clamp_c = (torch.arange(-1, 4).clamp(0, 19), torch.arange(26, 31).clamp(0, 29))  # border repeated
+    torch.testing.assert_close(got[0, 1], img[0][:, clamp_r][:, :, clamp_c], atol=ATOL, rtol=0)
+    half = enc.glimpses(img, xy + torch.tensor([1 / 30, 0.0]))  # half a pixel to the right: bilinear
+    torch.testing.assert_close(half[0, 0], (img[0, :, 9:14, 5:10] + img[0, :, 9:14, 6:11]) / 2, atol=ATOL, rtol=0)
+
+
+def test_cnn_keypoint_tokens_with_glimpse_and_norm():
+    """A keypoint's token is [its CNN features, its glimpse's features] standardised feature by
+    feature over the batch's keypoints, then (x, y); the glimpse passes gradients to the position."""
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=4, num_layers=2, keypoints=3, keypoint_glimpse=7, keypoint_norm=True).train()
+    assert enc.out_dim == 10
+    img = torch.rand(5, 3, 24, 24)
+    out = enc(img).seq  # [5, 3, 10]
+    kp = _keypoints_reference(enc, img)  # [5, 3, 4 + 2]
+    feats = torch.cat([kp[..., :4], enc.glimpse_features(img, kp[..., 4:])], dim=-1).reshape(15, 8)
+    normed = (feats - feats.mean(0)) / (feats.var(0, unbiased=False) + enc.keypoint_norm.eps).sqrt()
+    torch.testing.assert_close(out[..., :8].reshape(15, 8), normed, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[..., 8:], kp[..., 4:], atol=ATOL, rtol=0)
+    enc.zero_grad()
+    enc(img).seq[..., 4:8].square().sum().backward()  # the glimpse features alone
+    assert enc.glimpse_encoder[0].weight.grad.abs().sum() > 0
+    assert enc.keypoint_logits.weight.grad.abs().sum() > 0  # through the glimpse's position
+    with pytest.raises(ValueError, match="act on keypoints; set keypoints"):
+        CNNEncoder(keypoint_glimpse=5)
+    with pytest.raises(ValueError, match="act on keypoints; set keypoints"):
+        CNNEncoder(keypoint_norm=True)
 
 
 # --------------------------------------------------------------------------- recurrent text encoders
