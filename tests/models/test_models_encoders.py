@@ -437,6 +437,13 @@ def test_cnn_reconstruction_loss_is_weighted_and_only_in_training():
         grad = dict(enc.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     assert enc.eval()(img).aux_loss is None  # evaluation computes no loss
+    fine = CNNEncoder(channels=4, num_layers=2, keypoints=3, reconstruction_weight=1.0, reconstruction_scale=2).train()
+    assert sum(isinstance(m, nn.Conv2d) for m in fine.decoder) == 3  # one more conv for the doubling
+    g = fine.convs(img)
+    kp = fine.keypoint_maps(g) @ torch.cat([g.flatten(2).transpose(1, 2), grid_coordinates(5, 5).expand(3, -1, -1)], -1)
+    pooled = nn.functional.adaptive_avg_pool2d(img, (10, 10))  # the image on a grid twice as fine
+    torch.testing.assert_close(fine(img).aux_loss, (fine.decoder(fine.render(kp, 10, 10)) - pooled).square().mean(),
+                               atol=ATOL, rtol=0)
     assert CNNEncoder(channels=4, num_layers=2, keypoints=3).train()(img).aux_loss is None
     with pytest.raises(ValueError, match="reconstruction_weight decodes the image from the keypoints; set keypoints"):
         CNNEncoder(reconstruction_weight=1.0)
