@@ -6,11 +6,9 @@ import json
 
 import pytest
 import torch
-from script_helpers import load_script
+from script_helpers import load_script, pixel_entry
 
-from mmfuse.bench.run import entry_config
 from mmfuse.data import sort_of_clevr as soc
-from mmfuse.models.task import build_model
 
 
 def test_closest_keypoint_in_pixels():
@@ -22,30 +20,10 @@ def test_closest_keypoint_in_pixels():
     torch.testing.assert_close(d, torch.tensor([[0.0, 37.0]]))  # corner: (-1, 0) is 1 unit = 37 px away
 
 
-def _entry(tmp_path, conv_norm):
-    """An untrained from-pixels entry folder (config.json, last.ckpt) on a tiny Sort-of-CLEVR."""
-    root = soc.make_sort_of_clevr(tmp_path / "soc", seed=0, n_train=4, n_test=5)
-    config = entry_config("dan", {"hidden_dim": 8, "hops": 1}, pixels=True, data_path=str(root))
-    config["model"]["inputs"]["v"].update(num_layers=2, channels=4, keypoints=4, conv_norm=conv_norm)
-    config["model"]["inputs"]["q"]["vocab_size"] = len(soc.WORD_VOCAB)
-    config["model"]["task"]["num_outputs"] = len(soc.ANSWER_VOCAB)
-    torch.manual_seed(0)
-    model = build_model(config["model"])
-    with torch.no_grad():  # every question answered with answer 0
-        head = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
-        head.weight.zero_()
-        head.bias.copy_(torch.arange(len(soc.ANSWER_VOCAB)) == 0)
-    folder = tmp_path / "entry"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, folder / "last.ckpt")
-    return folder, root
-
-
 @pytest.mark.parametrize("conv_norm", ["batch", "group"])
 def test_accuracy_counts_the_answers_and_leaves_running_statistics_alone(tmp_path, conv_norm):
     mod = load_script("pixel_keypoints")
-    folder, root = _entry(tmp_path, conv_norm)
+    folder, root = pixel_entry(tmp_path, conv_norm=conv_norm)
     model, _ = mod.load_entry(folder)
     arrays = soc.load_sort_of_clevr(root).splits["test"]
     right = arrays["answer"] == 0
@@ -65,7 +43,7 @@ def test_accuracy_counts_the_answers_and_leaves_running_statistics_alone(tmp_pat
 
 def test_main_prints_coverage_and_both_accuracies(tmp_path, capsys):
     mod = load_script("pixel_keypoints")
-    folder, _ = _entry(tmp_path, "batch")
+    folder, _ = pixel_entry(tmp_path, conv_norm="batch")
     assert mod.main([str(folder), "--images", "3"]) == 0
     out = capsys.readouterr().out
     assert "keypoint map entropy (uniform: 5.89 nats over 361 cells)" in out  # 75 -> 38 -> 19
