@@ -28,7 +28,7 @@ import mmfuse
 from ..data._io import atomic_write_bytes
 from .plots import _MARKERS, _save
 
-__all__ = ["DEFAULT_ENTRIES", "ENTRY_REGIONS", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "run_entry_config", "resolve_entries", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
+__all__ = ["DEFAULT_ENTRIES", "ENTRY_PIXELS", "ENTRY_REGIONS", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "run_entry_config", "resolve_entries", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
 
 # (entry name, fusion name, fusion knobs): the concat baseline and models of every family. Widths
 # are 64-128 everywhere; the choices below are recorded with their measurements in docs/BENCHMARKS.md
@@ -77,6 +77,18 @@ ENTRY_REGIONS: dict[str, dict[str, Any]] = {
     "lxmert": {"hidden_dims": [], "fourier_frequencies": 8, "fourier_spacing": "linear"},
 }
 
+# per-entry changes to pixel_encoder's settings (--pixels only). LXMERT reads object-like tokens
+# from pixels: 8 CNN keypoints (a spatial soft-argmax over a 19 x 19 grid) placed by a spatial
+# autoencoder's reconstruction alone, each with the features of the 17 x 17 pixels around it
+# (a glimpse) and its map's CNN features, standardised, and the region entry's 8 linear Fourier
+# frequencies of its (x, y). Over the 10 x 10 grid it stayed at the answer prior; with these
+# tokens it passed 99% non-relational and 94% relational (docs/BENCHMARKS.md, "Session 10").
+ENTRY_PIXELS: dict[str, dict[str, Any]] = {
+    "lxmert": {"num_layers": 2, "refine_layers": 2, "keypoints": 8, "reconstruction_weight": 1.0,
+               "reconstruction_only": True, "keypoint_glimpse": 17, "keypoint_norm": True,
+               "fourier_frequencies": 8, "fourier_spacing": "linear", "output_activation": "none"},
+}
+
 DEFAULT_EPOCHS = 12
 QTYPES = ("shape", "left", "top", "closest", "furthest", "count")
 
@@ -117,7 +129,7 @@ def region_encoder(dim: int, **changes: Any) -> dict[str, Any]:
     return {**v, **copy.deepcopy(changes)}  # the model config check names any unknown setting
 
 
-def pixel_encoder(dim: int, kind: str) -> dict[str, Any]:
+def pixel_encoder(dim: int, kind: str, **changes: Any) -> dict[str, Any]:
     """The Sort-of-CLEVR from-pixels encoder of ``mmfuse run --pixels`` and the leaderboard's
     ``soc_pixels`` task, for a fusion of ``kind`` ("vector" or "attention").
 
@@ -132,6 +144,7 @@ def pixel_encoder(dim: int, kind: str) -> dict[str, Any]:
         v.update(flatten=True, height="auto", width="auto")
     else:
         v["num_layers"] = 3
+    v.update(changes)
     return v
 
 
@@ -147,11 +160,16 @@ def entry_config(
     n_train: int | None = None,
     data_path: str | None = None,
     regions: dict[str, Any] | None = None,
+    pixel_changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The full training config of one leaderboard entry; ``regions`` changes the region
-    encoder's settings (:func:`region_encoder`), unused with ``pixels``."""
+    encoder's settings (:func:`region_encoder`), unused with ``pixels``, and ``pixel_changes``
+    the pixel encoder's (:func:`pixel_encoder`), used only with ``pixels``."""
     dim = 64
-    v = pixel_encoder(dim, mmfuse.fusion_info(fusion).kind) if pixels else region_encoder(dim, **(regions or {}))
+    if pixels:
+        v = pixel_encoder(dim, mmfuse.fusion_info(fusion).kind, **(pixel_changes or {}))
+    else:
+        v = region_encoder(dim, **(regions or {}))
     # a bag of words identifies every Sort-of-CLEVR question; a GRU learned far slower on 2 cores
     q = {"encoder": "bow", "key": "question_tokens", "mask_key": "question_mask", "vocab_size": "auto",
          "dim": dim, "feed": "vector"}
@@ -182,9 +200,10 @@ def entry_config(
 
 def run_entry_config(entry: str, fusion: str, knobs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """The config ``mmfuse run`` trains for one entry: :func:`entry_config` (``kwargs`` go to it)
-    with the entry's region-encoder changes (:data:`ENTRY_REGIONS`) and training settings
-    (:data:`ENTRY_TRAIN`)."""
-    config = entry_config(fusion, knobs, regions=ENTRY_REGIONS.get(entry), **kwargs)
+    with the entry's region- and pixel-encoder changes (:data:`ENTRY_REGIONS`,
+    :data:`ENTRY_PIXELS`) and training settings (:data:`ENTRY_TRAIN`)."""
+    config = entry_config(fusion, knobs, regions=ENTRY_REGIONS.get(entry), pixel_changes=ENTRY_PIXELS.get(entry),
+                          **kwargs)
     config["train"].update(ENTRY_TRAIN.get(entry, {}))
     return config
 

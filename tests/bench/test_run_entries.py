@@ -64,3 +64,26 @@ def test_entry_region_settings_change_the_region_encoder_only():
         from mmfuse.models.task import normalize_model_config
         normalize_model_config({**entry_config("lxmert", {}, regions={"fourier_spacin": "linear"})["model"],
                                 "task": {"kind": "classification", "num_outputs": 10}})
+
+
+def test_entry_pixel_settings_change_the_pixel_encoder_only():
+    from mmfuse.bench.run import ENTRY_PIXELS, pixel_encoder, run_entry_config
+    from mmfuse.models.task import build_model
+    from mmfuse.train import validate_config
+
+    changes = ENTRY_PIXELS["lxmert"]
+    grid = pixel_encoder(64, "attention")
+    assert grid["num_layers"] == 3 and "keypoints" not in grid  # the 10 x 10 grid for the other attention fusions
+    v = entry_config("lxmert", {}, pixels=True, pixel_changes=changes)["model"]["inputs"]["v"]
+    assert v == {**grid, **changes} and v["keypoints"] == 8 and v["reconstruction_only"]
+    # on region features the pixel changes do nothing
+    assert entry_config("lxmert", {}, pixel_changes=changes) == entry_config("lxmert", {})
+    lx = run_entry_config("lxmert", "lxmert", {}, pixels=True)
+    assert lx["model"]["inputs"]["v"] == v and lx["train"]["lr"] == 1e-3
+    assert run_entry_config("dan", "dan", {}, pixels=True) == entry_config("dan", {}, pixels=True)
+    for entry, fusion, knobs in (*DEFAULT_ENTRIES, *EXTRA_ENTRIES):
+        validate_config(run_entry_config(entry, fusion, knobs, pixels=True))
+    model_cfg = {**lx["model"], "task": {"kind": "classification", "num_outputs": 10}}
+    model_cfg["inputs"]["q"] = {**model_cfg["inputs"]["q"], "vocab_size": 46}
+    enc = build_model(model_cfg).encoders["v"]
+    assert enc.keypoints == 8 and enc.glimpse == 17 and enc.reconstruction_only and enc.out_dim == 64
