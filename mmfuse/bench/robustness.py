@@ -159,17 +159,17 @@ def corrupted(
     encoder = _encoder(model, modality)
 
     def hook(module: nn.Module, args: Any, out: Encoded) -> Encoded:
-        seq, mask, vec = out
+        seq, mask, vec = out.seq, out.mask, out.vec
         if missing:
             return Encoded(None if seq is None else torch.zeros_like(seq),
-                           None if mask is None else torch.zeros_like(mask), torch.zeros_like(vec))
+                           None if mask is None else torch.zeros_like(mask), torch.zeros_like(vec), out.aux_loss)
         if noise_std:
             if seq is not None and noise_std.get("seq") is not None:
                 keep = mask.unsqueeze(-1).to(seq.dtype) if mask is not None else 1.0
                 seq = seq + _noise(seq, noise_std["seq"], generator) * keep  # [B, N, D], padding stays 0
             if noise_std.get("vec") is not None:
                 vec = vec + _noise(vec, noise_std["vec"], generator)  # [B, D]
-        return Encoded(seq, mask, vec)
+        return Encoded(seq, mask, vec, out.aux_loss)
 
     handle = encoder.register_forward_hook(hook)
     try:
