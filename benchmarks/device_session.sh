@@ -17,11 +17,12 @@
 #                    slow, so the rows it reaches in its cap)                         default  110
 #   attention        benchmarks/attention.py on CUDA: K 36 and 100, float32 and bf16
 #                    (issue 4)                                                         default   90
-#   throughput       mmfuse run --only dan on region features, 30 s of training (the
-#                    data build and the test come on top): samples/s (issue 6)         default   60
-#   pixels           mmfuse run --pixels --only concat_mlp,san (the CNN+MLP and SAN over the
-#                    10 x 10 cells), lr 1e-3, 500 warm-up steps, 30 epochs or 1.1 minutes of
-#                    training each (issue 6's from-pixels target)                      default  160
+#   throughput       mmfuse run --only lxmert (the main job's best model) on region
+#                    features, 30 s of training (the data build and the test come on
+#                    top): samples/s (issue 6)                                         default   60
+#   pixels           mmfuse run --pixels --only lxmert (CNN keypoints, the from-pixels
+#                    model that met issue 6's target on the CPU), 2 minutes of training:
+#                    its GPU samples/s and how far it gets                             default  160
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
 #                    resumable part; run it again to continue (issue 7)                         420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
@@ -73,7 +74,7 @@ if [ "$SMOKE" = 1 ]; then
     COMPILE=(--fusions "mlb" --batch 8 --repeat 1 --rounds 1 --no-block --shapes 2d)
     ATT=(--fusions "san,ban" --quick)
     RUN=(--epochs 1 --n-train 40)
-    PIX=(--only concat_mlp,san --epochs 1 --n-train 40)
+    PIX=(--only lxmert --epochs 1 --n-train 40)
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
     LB_SOC=(--fusions "concat,san" --seeds 1 --n-train 40 --epochs 1)
 else
@@ -82,7 +83,7 @@ else
     COMPILE=(--fusions "mlb,mfh,mutan,block,tucker,block_tucker,mcb,mfb" --batch 2048 --shapes 2d --autocast bf16 --compile --no-block --rounds 1 --repeat 5)
     ATT=(--no-compile)
     RUN=(--train.max_minutes 0.5)
-    PIX=(--only concat_mlp,san --epochs 30 --train.lr 1e-3 --train.warmup_steps 500 --train.max_minutes 1.1)
+    PIX=(--only lxmert --train.max_minutes 2)
     LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
 fi
@@ -111,7 +112,7 @@ run_part() {
             copy "$WORK/attention.json" attention.json
             ;;
         throughput)
-            part throughput 60 "$PY" -m mmfuse run --only dan --out "$WORK/run" "${RUN[@]}" --train.progress_bar false
+            part throughput 60 "$PY" -m mmfuse run --only lxmert --out "$WORK/run" "${RUN[@]}" --train.progress_bar false
             copy "$WORK/run/leaderboard.md" run_dan.md
             ;;
         pixels)
