@@ -606,6 +606,15 @@ class CNNEncoder(Encoder):
             image_size = (image_size + 1) // 2
         return image_size
 
+    def cells(self, g: Tensor) -> Tensor:
+        """Grid features Tensor[B, C, h, w] -> each cell's features, row-major, with its centre
+        (x, y) appended when ``coords``: Tensor[B, h·w, C (+ 2)]."""
+        f = g.flatten(2).transpose(1, 2)  # [B, h*w, C]
+        if not self.coords:
+            return f
+        xy = grid_coordinates(*g.shape[2:], device=f.device, dtype=f.dtype)  # [h*w, 2]
+        return torch.cat([f, xy.expand(g.shape[0], -1, -1)], dim=-1)
+
     def keypoint_maps(self, f: Tensor) -> Tensor:
         """Grid features Tensor[B, C, h, w] -> the keypoints' softmax maps Tensor[B, K, h·w]."""
         logits = self.keypoint_logits(f).flatten(2).float()  # [B, K or 1, h*w]
@@ -621,11 +630,8 @@ class CNNEncoder(Encoder):
         if x.dim() != 4 or x.shape[1] != self.in_channels or not x.is_floating_point():
             raise ValueError(f"cnn: expected float images [B, {self.in_channels}, H, W], got {_shape(x)}")
         g = self.convs(x)  # [B, C, h, w]
-        b, _, h, w = g.shape
-        f = g.flatten(2).transpose(1, 2)  # [B, h*w, C]
-        if self.coords:
-            xy = grid_coordinates(h, w, device=f.device, dtype=f.dtype)  # [h*w, 2]
-            f = torch.cat([f, xy.expand(b, -1, -1)], dim=-1)  # [B, h*w, C + 2]
+        h, w = g.shape[2:]
+        f = self.cells(g)  # [B, h*w, C (+ 2)]
         aux = None
         if self.keypoints is not None:
             f = self.keypoint_maps(g) @ f  # [B, K, C + 2]: expected features and (x, y)
