@@ -36,11 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.data import sort_of_clevr as soc
-from mmfuse.models.encoders import CNNEncoder, Encoded, fourier_extend, grid_coordinates
+from mmfuse.models.encoders import CNNEncoder, Encoded, fourier_extend
 from mmfuse.models.task import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixel_keypoints import IMAGES_PER_BATCH, load_entry  # noqa: E402
+from pixel_keypoints import IMAGES_PER_BATCH, load_entry, make_batch, split_tensors  # noqa: E402
 
 TOKENS = ("cnn", "standardised", "oracle_shape", "oracle")
 WARMUP_STEPS = 200
@@ -85,9 +85,7 @@ class FrozenKeypoints(nn.Module):
 def keypoints(cnn: CNNEncoder, x: Tensor) -> Tensor:
     """The keypoints' expected CNN features and (x, y): Tensor[B, K, C + 2]."""
     g = cnn.convs(x)
-    b, _, h, w = g.shape
-    cells = torch.cat([g.flatten(2).transpose(1, 2), grid_coordinates(h, w, device=x.device).expand(b, -1, -1)], -1)
-    return cnn.keypoint_maps(g) @ cells
+    return cnn.keypoint_maps(g) @ cnn.cells(g)
 
 
 def nearest_attributes(xy: Tensor, regions: Tensor) -> Tensor:
@@ -96,24 +94,6 @@ def nearest_attributes(xy: Tensor, regions: Tensor) -> Tensor:
     centres = regions[..., 8:10] * 2 - 1  # [B, R, 2]
     nearest = (xy[:, :, None] - centres[:, None]).norm(dim=-1).argmin(-1)  # [B, K]
     return torch.gather(regions[..., :8], 1, nearest[..., None].expand(-1, -1, 8))
-
-
-def split_tensors(arrays: dict) -> dict[str, Tensor]:
-    return {"images": torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float().div(255.0),
-            "tokens": torch.from_numpy(arrays["question_tokens"]).long(),
-            "answer": torch.from_numpy(arrays["answer"]).long(),
-            "qtype": torch.from_numpy(arrays["qtype"]).long(),
-            "regions": torch.from_numpy(arrays["regions"]).float()}
-
-
-def make_batch(split: dict[str, Tensor], rows: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Every question of the images ``rows``: the model's batch, the answers, the question types."""
-    q = split["tokens"].shape[1]
-    image_id = torch.arange(len(rows)).repeat_interleave(q)
-    tokens = split["tokens"][rows].flatten(0, 1)
-    batch = {"image": split["images"][rows][image_id], "image_id": image_id, "question_tokens": tokens,
-             "question_mask": tokens != 0}
-    return batch, split["answer"][rows].flatten(), split["qtype"][rows].flatten()
 
 
 def accuracy_by_type(model: nn.Module, frozen: FrozenKeypoints, split: dict[str, Tensor]) -> list[float]:

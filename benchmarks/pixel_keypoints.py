@@ -65,6 +65,27 @@ def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor
         print(f"  {name:>7}: closest keypoint {d.mean():5.1f} px (median {d.median():5.1f})")
 
 
+def split_tensors(arrays: dict) -> dict[str, torch.Tensor]:
+    """A Sort-of-CLEVR split's arrays as tensors: images float in [0, 1], [N, 3, H, W]."""
+    return {"images": torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float().div(255.0),
+            "tokens": torch.from_numpy(arrays["question_tokens"]).long(),
+            "answer": torch.from_numpy(arrays["answer"]).long(),
+            "qtype": torch.from_numpy(arrays["qtype"]).long(),
+            "relational": torch.from_numpy(arrays["relational"]).bool(),
+            "regions": torch.from_numpy(arrays["regions"]).float()}
+
+
+def make_batch(split: dict[str, torch.Tensor],
+               rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Every question of the images ``rows``: the model's batch, the answers, the question types."""
+    q = split["tokens"].shape[1]
+    image_id = torch.arange(len(rows)).repeat_interleave(q)
+    tokens = split["tokens"][rows].flatten(0, 1)
+    batch = {"image": split["images"][rows][image_id], "image_id": image_id, "question_tokens": tokens,
+             "question_mask": tokens != 0}
+    return batch, split["answer"][rows].flatten(), split["qtype"][rows].flatten()
+
+
 def test_accuracy(model: nn.Module, arrays: dict, batch_statistics: bool) -> tuple[float, float, float]:
     model.eval()
     if batch_statistics:
@@ -72,20 +93,15 @@ def test_accuracy(model: nn.Module, arrays: dict, batch_statistics: bool) -> tup
             if isinstance(m, nn.BatchNorm2d):
                 m.train()
                 m.momentum = 0.0  # normalise with the batch, leave the running statistics alone
-    images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float().div(255.0)
-    tokens = torch.from_numpy(arrays["question_tokens"]).long()  # [N, Q, L]
-    answer = torch.from_numpy(arrays["answer"]).long()
-    n, q = answer.shape
+    split = split_tensors(arrays)
+    n, q = split["answer"].shape
     correct = torch.zeros(n, q, dtype=torch.bool)
     with torch.no_grad():
         for start in range(0, n, IMAGES_PER_BATCH):
-            rows = slice(start, start + IMAGES_PER_BATCH)
-            b = images[rows].shape[0]
-            t = tokens[rows].flatten(0, 1)
-            batch = {"image": images[rows].repeat_interleave(q, 0), "question_tokens": t, "question_mask": t != 0,
-                     "image_id": torch.arange(start, start + b).repeat_interleave(q)}
-            correct[rows] = (model(batch).logits.argmax(-1) == answer[rows].flatten()).view(b, q)
-    relational = torch.from_numpy(arrays["relational"]).bool()
+            rows = torch.arange(start, min(start + IMAGES_PER_BATCH, n))
+            batch, answer, _ = make_batch(split, rows)
+            correct[rows] = (model(batch).logits.argmax(-1) == answer).view(len(rows), q)
+    relational = split["relational"]
     return (100 * correct.float().mean().item(), 100 * correct[~relational].float().mean().item(),
             100 * correct[relational].float().mean().item())
 
