@@ -82,7 +82,8 @@ ENTRY_REGIONS: dict[str, dict[str, Any]] = {
 # autoencoder's reconstruction alone, each with the features of the 17 x 17 pixels around it
 # (a glimpse) and its map's CNN features, standardised, and the region entry's 8 linear Fourier
 # frequencies of its (x, y). Over the 10 x 10 grid it stayed at the answer prior; with these
-# tokens it passed 99% non-relational and 94% relational (docs/BENCHMARKS.md, "Session 10").
+# tokens it passed 99% non-relational and 94% relational at seed 0, not at seed 1 (80.6%
+# relational; docs/BENCHMARKS.md, "Session 10").
 ENTRY_PIXELS: dict[str, dict[str, Any]] = {
     "lxmert": {"num_layers": 2, "refine_layers": 2, "keypoints": 8, "reconstruction_weight": 1.0,
                "reconstruction_only": True, "keypoint_glimpse": 17, "keypoint_norm": True,
