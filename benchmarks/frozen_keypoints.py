@@ -40,7 +40,7 @@ from mmfuse.models.encoders import CNNEncoder, Encoded, fourier_extend
 from mmfuse.models.task import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixel_keypoints import IMAGES_PER_BATCH, load_entry, make_batch, split_tensors  # noqa: E402
+from pixel_keypoints import IMAGES_PER_BATCH, load_entry, make_batch, region_centres, split_tensors  # noqa: E402
 
 TOKENS = ("cnn", "standardised", "oracle_shape", "oracle")
 WARMUP_STEPS = 200
@@ -85,14 +85,13 @@ class FrozenKeypoints(nn.Module):
 def keypoints(cnn: CNNEncoder, x: Tensor) -> Tensor:
     """The keypoints' expected CNN features and (x, y): Tensor[B, K, C + 2]."""
     g = cnn.convs(x)
-    return cnn.keypoint_maps(g) @ cnn.cells(g)
+    return cnn.keypoint_maps(g, x.shape[2:]) @ cnn.cells(g, x.shape[2:])
 
 
 def nearest_attributes(xy: Tensor, regions: Tensor) -> Tensor:
     """Keypoints' (x, y) Tensor[B, K, 2] in (-1, 1) and region rows Tensor[B, R, 10] -> the colour
     and shape one-hots (columns 0-7) of the region whose centre is nearest each keypoint."""
-    centres = regions[..., 8:10] * 2 - 1  # [B, R, 2]
-    nearest = (xy[:, :, None] - centres[:, None]).norm(dim=-1).argmin(-1)  # [B, K]
+    nearest = (xy[:, :, None] - region_centres(regions)[:, None]).norm(dim=-1).argmin(-1)  # [B, K]
     return torch.gather(regions[..., :8], 1, nearest[..., None].expand(-1, -1, 8))
 
 

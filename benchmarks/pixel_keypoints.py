@@ -6,7 +6,8 @@ prints:
 
 - for a CNN encoder with ``keypoints``: each keypoint map's entropy (uniform = log of the cell
   count) and largest weight, and for each of the six colours the mean distance in pixels from
-  that object's centre to the closest keypoint: a colour no keypoint covers cannot be asked about;
+  that object's centre to the closest keypoint, its median, and the share of objects with none
+  within half an object's side: a colour no keypoint covers cannot be asked about;
 - test accuracy (overall, non-relational, relational) in evaluation mode and again with every
   BatchNorm layer normalising with its batch's statistics (13 images a batch, as in training):
   a gap between the two means the running statistics do not stand for the batches.
@@ -25,10 +26,11 @@ import torch
 from torch import nn
 
 from mmfuse.data import sort_of_clevr as soc
-from mmfuse.models.encoders import CNNEncoder, grid_coordinates
+from mmfuse.models.encoders import CNNEncoder
 from mmfuse.models.task import build_model
 
 IMAGES_PER_BATCH = 13  # about 256 questions of 20 per image, as ``group_by_image`` batches them
+FAR_PX = 5.5  # half an object's side (11 px): a keypoint further away sits beside the object, or between two
 
 
 def load_entry(folder: Path) -> tuple[nn.Module, dict]:
@@ -39,21 +41,26 @@ def load_entry(folder: Path) -> tuple[nn.Module, dict]:
     return model.eval(), config
 
 
+def region_centres(regions: torch.Tensor) -> torch.Tensor:
+    """Region rows Tensor[..., R, 10] (centre pixels at columns 8, 9, divided by 74) -> the centres
+    in the (-1, 1) units of the keypoints (``grid_sample``'s, pixel p at ``(2p + 1) / 75 - 1``)."""
+    pixels = regions[..., 8:10] * (soc.IMAGE_SIZE - 1)
+    return (2 * pixels + 1) / soc.IMAGE_SIZE - 1
+
+
 def closest_keypoint(xy: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Keypoints Tensor[N, K, 2] in (-1, 1) and region rows Tensor[N, R, 10] (centres at columns
-    8, 9 in [0, 1] of the 75-pixel image) -> Tensor[N, R]: each object's distance in pixels to its
-    closest keypoint."""
-    centres = regions[..., 8:10] * 2 - 1  # [N, R, 2] in (-1, 1)
-    half = (soc.IMAGE_SIZE - 1) / 2  # pixels per unit of (-1, 1): centres are pixel / 74
-    return (xy[:, :, None] - centres[:, None]).norm(dim=-1).min(dim=1).values * half
+    """Keypoints Tensor[N, K, 2] in (-1, 1) and region rows Tensor[N, R, 10] -> Tensor[N, R]: each
+    object's distance in pixels to its closest keypoint."""
+    d = (xy[:, :, None] - region_centres(regions)[:, None]).norm(dim=-1).min(dim=1).values
+    return d * soc.IMAGE_SIZE / 2  # pixels per unit of (-1, 1)
 
 
 def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor) -> None:
     """Map entropy and sharpness per keypoint; closest keypoint per colour, in pixels."""
     with torch.no_grad():
         g = enc.convs(images)  # [N, C, h, w]
-        maps = enc.keypoint_maps(g)  # [N, K, h*w]
-        xy = maps @ grid_coordinates(*g.shape[2:])  # [N, K, 2] in (-1, 1)
+        maps = enc.keypoint_maps(g, images.shape[2:])  # [N, K, h*w]
+        xy = maps @ enc.cell_centres(g, images.shape[2:])  # [N, K, 2] in (-1, 1)
     entropy = -(maps.clamp_min(1e-12).log() * maps).sum(-1).mean(0)  # [K]
     print(f"keypoint map entropy (uniform: {math.log(maps.shape[-1]):.2f} nats over {maps.shape[-1]} cells):")
     print("  " + " ".join(f"{e:.2f}" for e in entropy.tolist()))
@@ -62,7 +69,9 @@ def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor
     colour = regions[..., :6].argmax(-1)  # [N, R]
     for c, name in enumerate(soc.COLOUR_NAMES):
         d = closest[colour == c]
-        print(f"  {name:>7}: closest keypoint {d.mean():5.1f} px (median {d.median():5.1f})")
+        far = 100 * (d > FAR_PX).float().mean()
+        print(f"  {name:>7}: closest keypoint {d.mean():5.1f} px (median {d.median():5.1f}, "
+              f"over {FAR_PX} px for {far:4.1f}% of the objects)")
 
 
 def split_tensors(arrays: dict) -> dict[str, torch.Tensor]:

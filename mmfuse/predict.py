@@ -99,14 +99,19 @@ def predict(
     ranked = [(vocab[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
     saved = None
     if attention_path is not None:
-        from .viz import plot_attention
+        from .models.encoders import CNNEncoder
+        from .viz import cnn_layout, plot_attention
 
         att = out.attention
         kwargs: dict[str, Any] = {}
         if att is not None and att.v_attn is not None:
             weights = att.v_attn[0].float().mean(0).numpy()
+            cnn = next((model.encoders[n] for n, spec in config["model"]["inputs"].items()
+                        if spec.get("key") == "image" and isinstance(model.encoders[n], CNNEncoder)), None)
             if "centres" in extra:
                 kwargs.update(region_weights=weights, region_centres=extra["centres"])
+            elif cnn is not None:  # keypoints where they are, or cells over the pixels they see
+                kwargs.update(region_weights=weights, **cnn_layout(cnn, batch["image"]))
             else:
                 side = int(round(len(weights) ** 0.5))
                 if side * side == len(weights):

@@ -81,6 +81,8 @@ __all__ = [
     "SentenceEncoder",
     "masked_mean",
     "load_sentence_model",
+    "grid_coordinates",
+    "receptive_field_centres",
 ]
 
 
@@ -333,6 +335,24 @@ def grid_coordinates(h: int, w: int, device=None, dtype=None) -> Tensor:
     return torch.stack([gx, gy], dim=-1).reshape(h * w, 2)
 
 
+def receptive_field_centres(h: int, w: int, height: int, width: int, stride: int,
+                            device=None, dtype=None) -> Tensor:
+    """Where the cells of an h×w feature map look in a height×width image: Tensor[h·w, 2] of (x, y)
+    in (-1, 1), row-major, in ``grid_sample``'s ``align_corners=False`` units (pixel p's centre
+    at ``(2p + 1) / width - 1``).
+
+    Through 3×3 convolutions with padding 1, output cell i of a stride-2 layer is centred on
+    input cell 2i, so after layers of total ``stride`` s cell (i, j) is centred on pixel (s·i, s·j):
+    75 pixels at stride 4 give 19 cells on pixels 0, 4, .., 72. :func:`grid_coordinates` spreads
+    the cells evenly over the image instead (pixels 1.5, 5.4, .., 72.6), 1-1.5 px off at stride 4
+    and up to 7 px at stride 16.
+    """
+    ys = (2 * stride * torch.arange(h, device=device, dtype=dtype) + 1) / height - 1
+    xs = (2 * stride * torch.arange(w, device=device, dtype=dtype) + 1) / width - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # [h, w] each
+    return torch.stack([gx, gy], dim=-1).reshape(h * w, 2)
+
+
 def _conv_norm(kind: str, channels: int) -> nn.Module:
     """BatchNorm2d, GroupNorm (up to 8 groups, the largest count that divides ``channels``), or none."""
     if kind == "batch":
@@ -351,7 +371,9 @@ class CNNEncoder(Encoder):
     ``num_layers`` × (conv 3×3 stride 2 pad 1 -> norm -> ReLU) with ``channels`` filters, as
     in Santoro et al. 2017 (four layers of 24 filters): a 75×75 image gives a 5×5 grid, 25 cells;
     then ``refine_layers`` more of them at stride 1, which widen the receptive field and keep the
-    grid. Each cell's features get its centre (x, y) in (-1, 1) appended (``coords``), and with
+    grid. Each cell's features get (x, y) in (-1, 1) appended (``coords``): the centre of the
+    pixels it looks at (:func:`receptive_field_centres`; in the image's units, so that a keypoint's
+    position is where its object is and its glimpse is cut around it), and with
     ``fourier_frequencies`` > 0 the sines and cosines of (x, y) (:class:`RegionEncoder`'s Fourier
     coordinates, ``fourier_spacing`` as there); with ``dim`` a Linear and ``output_activation``
     (ReLU) map them to ``dim``. Tensor[B, C, H, W] -> seq Tensor[B, h·w, D] (row-major cells),
@@ -520,6 +542,7 @@ class CNNEncoder(Encoder):
                        _conv_norm(conv_norm, channels), nn.ReLU()]
             c_in = channels
         self.convs = nn.Sequential(*layers)
+        self.stride = 2 ** num_layers  # image pixels per cell
         # one saliency map shared by anchored keypoints (each finds the salient thing near its anchor),
         # one map per keypoint otherwise
         maps = 1 if keypoint_anchors else keypoints
@@ -606,21 +629,35 @@ class CNNEncoder(Encoder):
             image_size = (image_size + 1) // 2
         return image_size
 
-    def cells(self, g: Tensor) -> Tensor:
-        """Grid features Tensor[B, C, h, w] -> each cell's features, row-major, with its centre
-        (x, y) appended when ``coords``: Tensor[B, h·w, C (+ 2)]."""
+    def cell_centres(self, g: Tensor, size: tuple[int, int], dtype=None) -> Tensor:
+        """Grid features Tensor[B, C, h, w] of images of ``size`` (H, W) -> each cell's (x, y),
+        the centre of the pixels it looks at: Tensor[h·w, 2] (:func:`receptive_field_centres`)."""
+        return receptive_field_centres(*g.shape[2:], *size, self.stride, device=g.device, dtype=dtype or g.dtype)
+
+    def cells(self, g: Tensor, size: tuple[int, int]) -> Tensor:
+        """Grid features Tensor[B, C, h, w] of images of ``size`` (H, W) -> each cell's features,
+        row-major, with its (x, y) (:meth:`cell_centres`) appended when ``coords``:
+        Tensor[B, h·w, C (+ 2)]."""
         f = g.flatten(2).transpose(1, 2)  # [B, h*w, C]
         if not self.coords:
             return f
-        xy = grid_coordinates(*g.shape[2:], device=f.device, dtype=f.dtype)  # [h*w, 2]
-        return torch.cat([f, xy.expand(g.shape[0], -1, -1)], dim=-1)
+        return torch.cat([f, self.cell_centres(g, size).expand(g.shape[0], -1, -1)], dim=-1)
 
-    def keypoint_maps(self, f: Tensor) -> Tensor:
-        """Grid features Tensor[B, C, h, w] -> the keypoints' softmax maps Tensor[B, K, h·w]."""
+    def keypoint_positions(self, x: Tensor) -> Tensor:
+        """Images Tensor[B, C, H, W] -> each keypoint's (x, y) in the image's (-1, 1) units,
+        Tensor[B, K, 2] (pixel p at ``(2p + 1) / W - 1``), for drawing and probing."""
+        if self.keypoints is None:
+            raise ValueError("cnn: keypoint_positions needs keypoints; this encoder outputs grid cells")
+        g = self.convs(x)
+        return self.keypoint_maps(g, x.shape[2:]) @ self.cell_centres(g, x.shape[2:])
+
+    def keypoint_maps(self, f: Tensor, size: tuple[int, int]) -> Tensor:
+        """Grid features Tensor[B, C, h, w] of images of ``size`` (H, W) -> the keypoints'
+        softmax maps Tensor[B, K, h·w]."""
         logits = self.keypoint_logits(f).flatten(2).float()  # [B, K or 1, h*w]
         logits = logits * self.keypoint_log_sharpness.float().exp().unsqueeze(-1)  # [B, K, h*w]
         if self.keypoint_centres is not None:
-            xy = grid_coordinates(*f.shape[2:], device=f.device, dtype=torch.float32)  # [h*w, 2]
+            xy = self.cell_centres(f, size, torch.float32)  # [h*w, 2]
             d2 = (xy[None] - self.keypoint_centres.float()[:, None]).square().sum(-1)  # [K, h*w]
             logits = logits - d2 / (2 * self.keypoint_log_width.float().exp().square().unsqueeze(-1))
         return logits.softmax(dim=-1).to(f.dtype)
@@ -631,10 +668,10 @@ class CNNEncoder(Encoder):
             raise ValueError(f"cnn: expected float images [B, {self.in_channels}, H, W], got {_shape(x)}")
         g = self.convs(x)  # [B, C, h, w]
         h, w = g.shape[2:]
-        f = self.cells(g)  # [B, h*w, C (+ 2)]
+        f = self.cells(g, x.shape[2:])  # [B, h*w, C (+ 2)]
         aux = None
         if self.keypoints is not None:
-            f = self.keypoint_maps(g) @ f  # [B, K, C + 2]: expected features and (x, y)
+            f = self.keypoint_maps(g, x.shape[2:]) @ f  # [B, K, C + 2]: expected features and (x, y)
             if self.decoder is not None and self.training:
                 aux = self.reconstruction_weight * self.reconstruction_loss(x, f, h, w)
             if self.reconstruction_only:  # the task's gradient stops at the keypoints
@@ -657,7 +694,7 @@ class CNNEncoder(Encoder):
     def glimpses(self, x: Tensor, xy: Tensor) -> Tensor:
         """Images Tensor[B, C, H, W] and keypoints' (x, y) Tensor[B, K, 2] in (-1, 1) -> the G x G
         pixels centred on each keypoint, Tensor[B, K, C, G, G] (bilinear, border pixels repeated
-        outside the image; the CNN grid's (-1, 1) and the image's agree to within a pixel)."""
+        outside the image; the keypoints' (x, y) are in the image's units)."""
         g = self.glimpse
         step = 2.0 / torch.tensor([x.shape[-1], x.shape[-2]], device=x.device, dtype=xy.dtype)  # one pixel in x, y
         offsets = (torch.arange(g, device=x.device, dtype=xy.dtype) - (g - 1) / 2)  # [G]

@@ -1,5 +1,5 @@
 """Plots: attention maps over images and question words."""
 
-from .attention import plot_attention
+from .attention import cnn_layout, plot_attention
 
-__all__ = ["plot_attention"]
+__all__ = ["plot_attention", "cnn_layout"]

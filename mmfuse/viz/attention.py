@@ -5,10 +5,26 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_attention"]
+__all__ = ["plot_attention", "cnn_layout"]
+
+
+def cnn_layout(cnn: Any, image: Any) -> dict[str, Any]:
+    """Where a CNN encoder's regions are in ``image`` (Tensor[1, C, H, W]), as
+    :func:`plot_attention`'s keywords: its keypoints' pixel (x, y) (``region_centres``), or its
+    cells' ``grid`` and ``cell_size`` (pixels between their centres: cell (r, c) looks at the
+    pixels around (c, r) times it, :func:`mmfuse.models.encoders.receptive_field_centres`)."""
+    import torch
+
+    with torch.no_grad():
+        if cnn.keypoints is not None:
+            xy = cnn.keypoint_positions(image)[0].double().numpy()  # [K, 2] in (-1, 1)
+            return {"region_centres": ((xy + 1) * np.array(image.shape[:1:-1]) - 1) / 2}
+        rows, cols = cnn.convs(image).shape[2:]
+    return {"grid": (int(rows), int(cols)), "cell_size": float(cnn.stride)}
 
 
 def plot_attention(
@@ -18,6 +34,7 @@ def plot_attention(
     region_weights: np.ndarray | None = None,
     region_centres: np.ndarray | None = None,
     grid: tuple[int, int] | None = None,
+    cell_size: float | None = None,
     words: Sequence[str] = (),
     word_weights: np.ndarray | None = None,
     title: str = "",
@@ -28,7 +45,9 @@ def plot_attention(
         image: uint8 [H, W, 3].
         region_weights: float [K], one weight per region (summed over glimpses by the caller).
         region_centres: float [K, 2] pixel (x, y) of each region: drawn as discs whose opacity
-            follows the weight; or ``grid=(rows, cols)`` for grid features, drawn as a heat map.
+            follows the weight; or ``grid=(rows, cols)`` for grid features, drawn as a heat map,
+            cell (r, c) centred on pixel (c, r) times ``cell_size`` (:func:`cnn_layout`), or
+            spread evenly over the image without it.
         words / word_weights: the question's words and their weights, drawn under the image.
     """
     import matplotlib
@@ -45,7 +64,11 @@ def plot_attention(
         top = weights.max() if weights.size and weights.max() > 0 else 1.0
         if grid is not None:
             heat = weights.reshape(grid)
-            ax.imshow(heat / top, cmap="magma", alpha=0.55, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+            extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+            if cell_size is not None:
+                s = cell_size
+                extent = (-s / 2, (grid[1] - 0.5) * s, (grid[0] - 0.5) * s, -s / 2)
+            ax.imshow(heat / top, cmap="magma", alpha=0.55, extent=extent,
                       interpolation="bilinear", vmin=0, vmax=1)
         elif region_centres is not None:
             for (x, y), a in zip(np.asarray(region_centres), weights):

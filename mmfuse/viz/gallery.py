@@ -8,7 +8,8 @@ Each PNG shows the scene once per attention map the method has (small multiples 
 DAN's hop 1 and hop 2, SAN's hops, BAN's / MFB's glimpses, LXMERT's layers), every real object
 ringed with its weight (ring darkness and width follow the weight on a fixed 0..1 scale, so a
 spread-out map looks pale and a focused one dark; the largest weight is in bold), or a heat map
-over the CNN cells for a pixel model (relative to the top cell, never darker than weight / 0.25);
+over the CNN cells for a pixel model (relative to the top cell, never darker than weight / 0.25;
+each cell drawn over the pixels it is centred on), or its keypoints ringed where they are;
 the question's words, each with its weight and shaded by it (darkest at :data:`WORD_FULL`), under
 the panel whose map they belong to (for methods with word attention); and a title with the
 question, the predicted answer with its probability and the true answer (green when right, red
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 from ..attention._base import AttentionOutput
+from .attention import cnn_layout
 
 __all__ = [
     "GalleryItem",
@@ -72,7 +74,9 @@ class GalleryItem:
             valid regions for softmax attention); ``region_labels``: P panel titles.
         region_valid: bool [K], the region mask the model saw.
         region_centres: float [K, 2] pixel (x, y) of each region's object (NaN for a distractor
-            row), or None for grid cells; ``grid``: (rows, cols) of the cells, or None.
+            row) or of each CNN keypoint, or None for grid cells; ``grid``: (rows, cols) of the
+            cells, or None; ``cell_size``: pixels between the cells' centres (cell (r, c) is
+            centred on pixel (c, r) times it).
         word_maps: float [Pw, T] or None (no word attention); ``word_labels``: Pw titles.
         source: where the maps came from, e.g. ``extras["v_attn_hops"]``.
     """
@@ -96,6 +100,7 @@ class GalleryItem:
     word_maps: np.ndarray | None
     word_labels: list[str]
     source: str
+    cell_size: float = 0.0
 
     @property
     def correct(self) -> bool:
@@ -254,8 +259,8 @@ def gallery_data(
     answers = list(info["answer_vocab"])
     words_vocab = list(info["word_vocab"])
     type_names = list(info["qtype_names"])
-    v_input = next(iter(model.config["inputs"].values()))
-    uses_cells = v_input["key"] == "image"
+    v_name, v_input = next(iter(model.config["inputs"].items()))
+    cnn = model.encoders[v_name] if v_input["key"] == "image" else None
     items = []
     for index in select_questions(arrays["qtype"][images], n, seed, per_type):
         batch = dataset.__getitems__([index])
@@ -271,10 +276,10 @@ def gallery_data(
             raise ValueError(f"viz: the fusion {model.config['fusion']['name']!r} returned no region map to draw")
         k = region.shape[-1]
         valid = batch["region_mask"][0].numpy() if "region_mask" in batch else np.ones(k, dtype=bool)
-        centres, grid = None, None
-        if uses_cells:
-            side = int(round(k**0.5))
-            grid = (side, side) if side * side == k else (1, k)
+        centres, grid, cell_size = None, None, 0.0
+        if cnn is not None:  # keypoints where they are, or cells over the pixels they see
+            layout = cnn_layout(cnn, batch[v_input["key"]])
+            centres, grid, cell_size = layout.get("region_centres"), layout.get("grid"), layout.get("cell_size", 0.0)
         else:
             owner = arrays["region_object"][img_row].astype(np.int64)  # [R], -1 = distractor
             centres = np.full((k, 2), np.nan)
@@ -289,7 +294,7 @@ def gallery_data(
             image=np.asarray(arrays["images"][img_row]), answer=answers[int(arrays["answer"][img_row, q])],
             predicted=answers[best], probability=float(probs[best]),
             region_maps=region[0].float().numpy(), region_labels=r_labels, region_valid=valid,
-            region_centres=centres, grid=grid,
+            region_centres=centres, grid=grid, cell_size=cell_size,
             word_maps=None if word_maps is None else word_maps[0].float().numpy(), word_labels=w_labels,
             source=source,
         ))
@@ -314,14 +319,15 @@ def _draw_regions(ax: Any, item: GalleryItem, weights: np.ndarray) -> None:
         heat = np.clip(weights.reshape(item.grid) / scale, 0.0, 1.0)
         rgba = plt.cm.YlOrRd(heat)
         rgba[..., 3] = 0.8 * heat
-        ax.imshow(rgba, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
         rows, cols = item.grid
+        s = item.cell_size  # cell (r, c) is centred on pixel (s c, s r) and spans s pixels
+        ax.imshow(rgba, interpolation="nearest", extent=(-s / 2, (cols - 0.5) * s, (rows - 0.5) * s, -s / 2))
         for r in range(1, rows):
-            ax.axhline(r * h / rows - 0.5, color="#999999", lw=0.4)
+            ax.axhline((r - 0.5) * s, color="#999999", lw=0.4)
         for c in range(1, cols):
-            ax.axvline(c * w / cols - 0.5, color="#999999", lw=0.4)
+            ax.axvline((c - 0.5) * s, color="#999999", lw=0.4)
         r, c = np.unravel_index(int(np.argmax(weights)), item.grid)
-        ax.text((c + 0.5) * w / cols - 0.5, (r + 0.5) * h / rows - 0.5, f"{weights.max():.2f}", fontsize=8,
+        ax.text(min(c * s, w - 6.0), min(r * s, h - 4.0), f"{weights.max():.2f}", fontsize=8,
                 ha="center", va="center", color="#a50f15", fontweight="bold",
                 bbox={"facecolor": "white", "alpha": 0.85, "pad": 0.8, "lw": 0})
     else:
@@ -333,7 +339,8 @@ def _draw_regions(ax: Any, item: GalleryItem, weights: np.ndarray) -> None:
             ax.add_patch(plt.Circle((x, y), radius=8.0, fill=False, lw=0.8 + 4.0 * rel,
                                     color=plt.cm.Reds(0.2 + 0.8 * rel)))
             ty = y + 11.0 if y < h - 12 else y - 11.0
-            ax.text(x, ty, f"{a:.2f}", fontsize=8, ha="center", va="center", clip_on=True,
+            tx = min(max(x, 8.0), w - 9.0)  # a keypoint can sit at the border: its label stays inside
+            ax.text(tx, ty, f"{a:.2f}", fontsize=8, ha="center", va="center", clip_on=True,
                     color="#a50f15" if k == best else "#333333", fontweight="bold" if k == best else "normal",
                     bbox={"facecolor": "white", "alpha": 0.85, "pad": 0.6, "lw": 0})
     ax.set_xlim(-0.5, w - 0.5)

@@ -15,9 +15,11 @@ def test_closest_keypoint_in_pixels():
     mod = load_script("pixel_keypoints")
     regions = torch.zeros(1, 2, 10)
     regions[0, :, 8:10] = torch.tensor([[37.0, 37.0], [0.0, 74.0]]) / 74  # the centre, the bottom-left corner
-    xy = torch.tensor([[[0.0, 0.0], [-1.0, 0.0], [0.1, 0.0]]])  # keypoints in (-1, 1): 37 px per unit
+    # keypoints in grid_sample's units, pixel p at (2p + 1) / 75 - 1: 37.5 px per unit
+    xy = torch.tensor([[[0.0, 0.0], [1 / 75 - 1, 0.0], [0.1, 0.0]]])  # pixel (37, 37), pixel (0, 37), 3.75 px right
     d = mod.closest_keypoint(xy, regions)
-    torch.testing.assert_close(d, torch.tensor([[0.0, 37.0]]))  # corner: (-1, 0) is 1 unit = 37 px away
+    torch.testing.assert_close(d, torch.tensor([[0.0, 37.0]]))  # the corner is 37 px below pixel (0, 37)
+    torch.testing.assert_close(mod.region_centres(regions), torch.tensor([[[0.0, 0.0], [1 / 75 - 1, 149 / 75 - 1]]]))
 
 
 @pytest.mark.parametrize("conv_norm", ["batch", "group"])

@@ -64,3 +64,22 @@ def san_model(soc_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def concat_model(soc_root, tmp_path_factory) -> Path:
     return save_untrained(run_config("soc_concat"), soc_root, tmp_path_factory.mktemp("concat") / "model")
+
+
+def pixel_dan(soc_root: Path, folder: Path, **cnn: object) -> Path:
+    """An untrained DAN from pixels (the `mmfuse run --pixels` encoder), the CNN changed by ``cnn``."""
+    from mmfuse.bench.run import entry_config
+
+    raw = entry_config("dan", {"mode": "reasoning", "hidden_dim": 16, "hops": 2}, pixels=True)
+    raw["model"]["inputs"]["v"].update({"channels": 4, **cnn})
+    return save_untrained(raw, soc_root, folder)
+
+
+@pytest.fixture(scope="session")
+def pixel_cells_model(soc_root, tmp_path_factory) -> Path:
+    return pixel_dan(soc_root, tmp_path_factory.mktemp("cells") / "model", num_layers=3)  # 75 -> 10 x 10
+
+
+@pytest.fixture(scope="session")
+def pixel_keypoints_model(soc_root, tmp_path_factory) -> Path:
+    return pixel_dan(soc_root, tmp_path_factory.mktemp("keypoints") / "model", num_layers=2, keypoints=5)

@@ -53,6 +53,28 @@ def test_dan_maps_are_the_models_hop_maps(dan_model, soc_root):
         np.testing.assert_allclose(item.region_centres / 74.0, a["regions"][img, :, 8:], atol=1e-6)
 
 
+def test_pixel_cells_are_drawn_over_the_pixels_they_see(pixel_cells_model, tmp_path):
+    (item,) = gallery_data(pixel_cells_model, n=1)
+    assert item.grid == (10, 10) and item.cell_size == 8.0 and item.region_centres is None  # 75 -> 38 -> 19 -> 10
+    assert item.region_maps.shape == (2, 100)
+    assert attention_gallery(pixel_cells_model, tmp_path / "viz", n=1)[0].stat().st_size > 0
+
+
+def test_pixel_keypoints_are_ringed_where_they_are(pixel_keypoints_model, soc_root):
+    items = gallery_data(pixel_keypoints_model, n=2)
+    model = mmfuse.load(pixel_keypoints_model)
+    a = soc.load_sort_of_clevr(soc_root).splits["test"]
+    for item in items:
+        assert item.grid is None and item.region_centres.shape == (5, 2) and item.region_maps.shape == (2, 5)
+        image = torch.from_numpy(a["images"][item.image_index]).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            g = model.encoders["v"].convs(image)  # [1, C, 19, 19], cell (i, j) centred on pixel (4i, 4j)
+            maps = model.encoders["v"].keypoint_maps(g, (75, 75))[0]  # [5, 361]
+        pixels = torch.stack(torch.meshgrid(torch.arange(19.0), torch.arange(19.0), indexing="ij"), -1)
+        expected = maps @ (4 * pixels.reshape(361, 2).flip(-1))  # expected (x, y) in pixels
+        np.testing.assert_allclose(item.region_centres, expected.numpy(), atol=1e-4)
+
+
 def test_san_hops_without_word_attention(san_model, soc_root):
     (item,) = gallery_data(san_model, n=1, seed=2)
     out, *_ = direct_call(san_model, soc_root, item.index)
@@ -132,3 +154,27 @@ def test_cli(dan_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["viz", str(dan_model), "--n", "0"])
     assert "expected an int >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixture", ["pixel_cells_model", "pixel_keypoints_model"])
+def test_predict_draws_pixel_regions_where_they_look(fixture, request, soc_root, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import mmfuse.viz
+    from mmfuse.predict import predict
+
+    folder = request.getfixturevalue(fixture)
+    a = soc.load_sort_of_clevr(soc_root).splits["test"]
+    Image.fromarray(a["images"][0]).save(tmp_path / "scene.png")
+    drawn = {}
+    real = mmfuse.viz.plot_attention
+    monkeypatch.setattr(mmfuse.viz, "plot_attention", lambda img, path, **kw: drawn.update(kw) or real(img, path, **kw))
+    out = predict(folder, tmp_path / "scene.png", "Is the red object on the left?", attention_path=tmp_path / "a.png")
+    assert out["attention"].stat().st_size > 5000
+    if fixture == "pixel_cells_model":
+        assert drawn["grid"] == (10, 10) and drawn["cell_size"] == 8.0 and drawn["region_weights"].shape == (100,)
+    else:
+        image = torch.from_numpy(a["images"][0]).permute(2, 0, 1)[None].float() / 255
+        xy = mmfuse.load(folder).encoders["v"].keypoint_positions(image)[0]  # (-1, 1): pixel p at (2p + 1) / 75 - 1
+        np.testing.assert_allclose(drawn["region_centres"], ((xy + 1) * 75 - 1).div(2).detach().numpy(), atol=1e-4)
+        assert drawn["region_weights"].shape == (5,) and "grid" not in drawn
