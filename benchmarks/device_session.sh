@@ -23,6 +23,9 @@
 #   pixels           mmfuse run --pixels --only lxmert (CNN keypoints, the from-pixels
 #                    model that met issue 6's target on the CPU), 2 minutes of training:
 #                    its GPU samples/s and how far it gets                             default  160
+#   profile          benchmarks/profile_fusions.py: MFH, BLOCK, Tucker, MCB (issue 3's misses)
+#                    and MLB at batch 2048, bf16: eager vs CUDA-graph time, kernels, GEMM
+#                    share, top kernels, against the square GEMM: why they miss             120
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
 #                    resumable part; run it again to continue (issue 7)                         420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
@@ -75,6 +78,7 @@ if [ "$SMOKE" = 1 ]; then
     ATT=(--fusions "san,ban" --quick)
     RUN=(--epochs 1 --n-train 40)
     PIX=(--only lxmert --epochs 1 --n-train 40)
+    PROFILE=(--fusions "mlb" --batch 8 --repeat 1 --steps 1 --top 3)
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
     LB_SOC=(--fusions "concat,san" --seeds 1 --n-train 40 --epochs 1)
 else
@@ -84,6 +88,7 @@ else
     ATT=(--no-compile)
     RUN=(--train.max_minutes 0.5)
     PIX=(--only lxmert --train.max_minutes 2)
+    PROFILE=()
     LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
 fi
@@ -119,6 +124,10 @@ run_part() {
             part pixels 160 "$PY" -m mmfuse run --pixels --out "$WORK/pixels" "${PIX[@]}" --train.progress_bar false
             copy "$WORK/pixels/leaderboard.md" pixels.md
             ;;
+        profile)
+            part profile 120 "$PY" benchmarks/profile_fusions.py --device "$DEVICE" "${PROFILE[@]}" --json "$WORK/profile.json"
+            copy "$WORK/profile.json" profile.json
+            ;;
         leaderboard)
             part leaderboard 420 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/leaderboard" "${LB[@]}"
             copy "$WORK/leaderboard/leaderboard.md" leaderboard.md
@@ -129,7 +138,7 @@ run_part() {
             copy "$WORK/leaderboard_soc/leaderboard.md" leaderboard_soc.md
             ;;
         *)
-            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels leaderboard leaderboard_soc)" | tee -a "$LOG"
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile leaderboard leaderboard_soc)" | tee -a "$LOG"
             return 2
             ;;
     esac

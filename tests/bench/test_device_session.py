@@ -66,3 +66,14 @@ def test_leaderboard_soc_part_trains_with_the_input_layernorms(tmp_path):
 
     entries = json.loads((tmp_path / "work" / "leaderboard_soc" / "results.json").read_text())["entries"]
     assert len(entries) == 2 and r.returncode == 0
+
+
+def test_profile_part_writes_the_kernel_table(tmp_path):
+    r = _run(tmp_path, "profile")
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert "== profile: rc 0" in log, log[-2000:]
+    assert "| mlb | 8.94M |" in log and "mlb: top kernels" in log
+    import json
+
+    (row,) = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert row["fusion"] == "mlb" and row["square"]["params"] <= row["params"] and r.returncode == 0
