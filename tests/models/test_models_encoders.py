@@ -492,6 +492,26 @@ def test_cnn_reconstruction_loss_is_weighted_and_only_in_training():
         CNNEncoder(keypoints=2, reconstruction_weight=1.0, reconstruction_width=0.0)
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_cnn_reconstruction_kernel_bounds_how_far_a_blob_paints(kernel):
+    """The decoder's kernel decides how far from its keypoint a blob can change the decoded image:
+    pointwise with 1, up to (kernel // 2) cells per convolution otherwise."""
+    torch.manual_seed(0)
+    enc = CNNEncoder(channels=4, num_layers=2, keypoints=2, reconstruction_weight=1.0, reconstruction_kernel=kernel)
+    convs = [m for m in enc.decoder if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 2 and all(c.kernel_size == (kernel, kernel) for c in convs)
+    rendered = torch.rand(1, 4, 9, 9)
+    base = enc.decoder(rendered)
+    poked = rendered.clone()
+    poked[0, :, 4, 4] += 1.0  # the rendered map changed at one cell
+    changed = (enc.decoder(poked) - base).abs().sum(1)[0] > 0  # [9, 9]
+    reach = 2 * (kernel // 2)  # two convolutions
+    rows, cols = changed.nonzero().T
+    assert changed[4, 4] and (rows - 4).abs().max() == reach and (cols - 4).abs().max() == reach
+    with pytest.raises(ValueError, match="reconstruction_kernel must be an odd kernel size >= 1 .*got 4"):
+        CNNEncoder(keypoints=2, reconstruction_weight=1.0, reconstruction_kernel=4)
+
+
 def test_cnn_reconstruction_alone_moves_a_keypoint_onto_the_object():
     """The spatial autoencoder: to redraw the image from one blob, the keypoint must sit on the
     image's one object. From a flat map (the keypoint at the image's centre), trained on the
