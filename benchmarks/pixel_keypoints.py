@@ -7,7 +7,10 @@ prints:
 - for a CNN encoder with ``keypoints``: each keypoint map's entropy (uniform = log of the cell
   count) and largest weight, and for each of the six colours the mean distance in pixels from
   that object's centre to the closest keypoint, its median, and the share of objects with none
-  within half an object's side: a colour no keypoint covers cannot be asked about;
+  within half an object's side (a colour no keypoint covers cannot be asked about); how often
+  that keypoint is the colour's usual one (below 100%: a keypoint shared between colours); and
+  its mean offset from the centre with the spread around it (a constant offset per colour
+  distorts distances between objects; the spread is the position's noise);
 - test accuracy (overall, non-relational, relational) in evaluation mode and again with every
   BatchNorm layer normalising with its batch's statistics (13 images a batch, as in training):
   a gap between the two means the running statistics do not stand for the batches.
@@ -48,15 +51,19 @@ def region_centres(regions: torch.Tensor) -> torch.Tensor:
     return (2 * pixels + 1) / soc.IMAGE_SIZE - 1
 
 
-def closest_keypoint(xy: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Keypoints Tensor[N, K, 2] in (-1, 1) and region rows Tensor[N, R, 10] -> Tensor[N, R]: each
-    object's distance in pixels to its closest keypoint."""
-    d = (xy[:, :, None] - region_centres(regions)[:, None]).norm(dim=-1).min(dim=1).values
-    return d * soc.IMAGE_SIZE / 2  # pixels per unit of (-1, 1)
+def closest_keypoint(xy: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints Tensor[N, K, 2] in (-1, 1) and region rows Tensor[N, R, 10] -> for each object,
+    its closest keypoint's offset from the object's centre in pixels, Tensor[N, R, 2] (x, y), and
+    that keypoint's index, Tensor[N, R]."""
+    diff = (xy[:, :, None] - region_centres(regions)[:, None]) * (soc.IMAGE_SIZE / 2)  # [N, K, R, 2] pixels
+    index = diff.norm(dim=-1).argmin(dim=1)  # [N, R]
+    offset = torch.gather(diff, 1, index[:, None, :, None].expand(-1, 1, -1, 2)).squeeze(1)
+    return offset, index
 
 
 def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor) -> None:
-    """Map entropy and sharpness per keypoint; closest keypoint per colour, in pixels."""
+    """Map entropy and sharpness per keypoint; per colour, how far the closest keypoint is, whether
+    it is always the same keypoint, and its mean offset and spread (pixels)."""
     with torch.no_grad():
         g = enc.convs(images)  # [N, C, h, w]
         maps = enc.keypoint_maps(g, images.shape[2:])  # [N, K, h*w]
@@ -65,13 +72,18 @@ def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor
     print(f"keypoint map entropy (uniform: {math.log(maps.shape[-1]):.2f} nats over {maps.shape[-1]} cells):")
     print("  " + " ".join(f"{e:.2f}" for e in entropy.tolist()))
     print("largest weight per map: " + " ".join(f"{m:.2f}" for m in maps.max(-1).values.mean(0).tolist()))
-    closest = closest_keypoint(xy, regions)
+    offset, index = closest_keypoint(xy, regions)
     colour = regions[..., :6].argmax(-1)  # [N, R]
+    print(f"per colour: the closest keypoint's distance (mean, median, share over {FAR_PX} px), the share "
+          "of objects whose closest keypoint is the colour's usual one, its mean offset (x, y) and spread:")
     for c, name in enumerate(soc.COLOUR_NAMES):
-        d = closest[colour == c]
-        far = 100 * (d > FAR_PX).float().mean()
-        print(f"  {name:>7}: closest keypoint {d.mean():5.1f} px (median {d.median():5.1f}, "
-              f"over {FAR_PX} px for {far:4.1f}% of the objects)")
+        o, k = offset[colour == c], index[colour == c]
+        d = o.norm(dim=-1)
+        usual = 100 * torch.bincount(k, minlength=xy.shape[1]).max() / len(k)
+        mean, spread = o.mean(0), o.std(0) if len(o) > 1 else torch.zeros(2)
+        print(f"  {name:>7}: closest keypoint {d.mean():5.1f} px (median {d.median():5.1f}, over {FAR_PX} px for "
+              f"{100 * (d > FAR_PX).float().mean():4.1f}%), the usual one for {usual:5.1f}%, "
+              f"offset ({mean[0]:+.2f}, {mean[1]:+.2f}) +- ({spread[0]:.2f}, {spread[1]:.2f}) px")
 
 
 def split_tensors(arrays: dict) -> dict[str, torch.Tensor]:

@@ -17,8 +17,10 @@ def test_closest_keypoint_in_pixels():
     regions[0, :, 8:10] = torch.tensor([[37.0, 37.0], [0.0, 74.0]]) / 74  # the centre, the bottom-left corner
     # keypoints in grid_sample's units, pixel p at (2p + 1) / 75 - 1: 37.5 px per unit
     xy = torch.tensor([[[0.0, 0.0], [1 / 75 - 1, 0.0], [0.1, 0.0]]])  # pixel (37, 37), pixel (0, 37), 3.75 px right
-    d = mod.closest_keypoint(xy, regions)
-    torch.testing.assert_close(d, torch.tensor([[0.0, 37.0]]))  # the corner is 37 px below pixel (0, 37)
+    offset, index = mod.closest_keypoint(xy, regions)
+    assert index.tolist() == [[0, 1]]
+    # the keypoints' offsets from the objects: none for the centre; the corner is 37 px below pixel (0, 37)
+    torch.testing.assert_close(offset, torch.tensor([[[0.0, 0.0], [0.0, -37.0]]]))
     torch.testing.assert_close(mod.region_centres(regions), torch.tensor([[[0.0, 0.0], [1 / 75 - 1, 149 / 75 - 1]]]))
 
 
@@ -50,6 +52,7 @@ def test_main_prints_coverage_and_both_accuracies(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "keypoint map entropy (uniform: 5.89 nats over 361 cells)" in out  # 75 -> 38 -> 19
     assert all(f"{name:>7}: closest keypoint" in out for name in soc.COLOUR_NAMES)
+    assert "the usual one for" in out and "offset (" in out
     assert "test accuracy,  evaluation mode:" in out and "test accuracy, batch statistics:" in out
     assert mod.main([str(folder), "--images", "3", "--positions-only"]) == 0
     out = capsys.readouterr().out
