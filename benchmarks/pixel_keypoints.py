@@ -10,7 +10,9 @@ prints:
   within half an object's side (a colour no keypoint covers cannot be asked about); how often
   that keypoint is the colour's usual one (below 100%: a keypoint shared between colours); and
   its mean offset from the centre with the spread around it (a constant offset per colour
-  distorts distances between objects; the spread is the position's noise);
+  distorts distances between objects; the spread is the position's noise); and for each keypoint,
+  the colour it usually sits on and how far (a spare keypoint sits on the background, or on an
+  object that already has one);
 - test accuracy (overall, non-relational, relational) in evaluation mode and again with every
   BatchNorm layer normalising with its batch's statistics (13 images a batch, as in training):
   a gap between the two means the running statistics do not stand for the batches.
@@ -74,6 +76,16 @@ def keypoint_report(enc: CNNEncoder, images: torch.Tensor, regions: torch.Tensor
     print("largest weight per map: " + " ".join(f"{m:.2f}" for m in maps.max(-1).values.mean(0).tolist()))
     offset, index = closest_keypoint(xy, regions)
     colour = regions[..., :6].argmax(-1)  # [N, R]
+    # per keypoint: the colour of the object nearest it (the most frequent, and how often) and how far
+    dist = (xy[:, :, None] - region_centres(regions)[:, None]).norm(dim=-1) * (soc.IMAGE_SIZE / 2)  # [N, K, R]
+    near, nearest = dist.min(-1)  # [N, K]
+    near_colour = torch.gather(colour, 1, nearest)  # [N, K]
+    print("per keypoint: the colour of the object nearest it (share of the images) and the distance to it:")
+    for k in range(xy.shape[1]):
+        counts = torch.bincount(near_colour[:, k], minlength=len(soc.COLOUR_NAMES))
+        top = int(counts.argmax())
+        print(f"  keypoint {k}: {soc.COLOUR_NAMES[top]:>7} ({100 * counts[top] / xy.shape[0]:5.1f}%), "
+              f"{near[:, k].mean():5.1f} px (median {near[:, k].median():5.1f})")
     print(f"per colour: the closest keypoint's distance (mean, median, share over {FAR_PX} px), the share "
           "of objects whose closest keypoint is the colour's usual one, its mean offset (x, y) and spread:")
     for c, name in enumerate(soc.COLOUR_NAMES):

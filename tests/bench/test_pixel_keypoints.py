@@ -53,6 +53,7 @@ def test_main_prints_coverage_and_both_accuracies(tmp_path, capsys):
     assert "keypoint map entropy (uniform: 5.89 nats over 361 cells)" in out  # 75 -> 38 -> 19
     assert all(f"{name:>7}: closest keypoint" in out for name in soc.COLOUR_NAMES)
     assert "the usual one for" in out and "offset (" in out
+    assert all(f"  keypoint {k}: " in out for k in range(4)) and "  keypoint 4: " not in out  # 4 keypoints
     assert "test accuracy,  evaluation mode:" in out and "test accuracy, batch statistics:" in out
     assert mod.main([str(folder), "--images", "3", "--positions-only"]) == 0
     out = capsys.readouterr().out
