@@ -9,7 +9,8 @@ Tasks (:data:`TASKS`):
 =================  ==========================================================================
 ``soc``            Sort-of-CLEVR, object-level region features + natural-language questions
 ``soc_bits``       Sort-of-CLEVR, region features + the 11-bit question code
-``soc_pixels``     Sort-of-CLEVR from pixels (CNN grid cells + questions): the GPU-sized entry
+``soc_pixels``     Sort-of-CLEVR from pixels (vector fusions: the CNN's grid of cells; attention
+                   fusions: 8 CNN keypoints) + questions: the GPU-sized entry
 ``interactions_o1``  synthetic interactions, 2 modalities, order 1 (additive labels)
 ``interactions_o2``  2 modalities, order 2 (labels from cross-modal products)
 ``interactions_o3``  3 modalities, order 3 (labels from a trimodal product)
@@ -151,7 +152,7 @@ TASKS: dict[str, Task] = {
     "soc_bits": Task("soc_bits", "Sort-of-CLEVR, region features + 11-bit question code",
                      {"name": "sort-of-clevr", "representation": "regions", "question": "bits", "n_train": 2000,
                       "n_test": 200, "batch_size": 256}, ("regions", "bits"), 2, True, 8, _SOC_TRAIN),
-    "soc_pixels": Task("soc_pixels", "Sort-of-CLEVR from pixels (CNN cells) + questions",
+    "soc_pixels": Task("soc_pixels", "Sort-of-CLEVR from pixels (CNN cells / keypoints) + questions",
                        {"name": "sort-of-clevr", "representation": "pixels", "question": "tokens", "n_train": 9800,
                         "n_test": 200, "batch_size": 64}, ("pixels", "tokens"), 2, True, 10,
                        {**_SOC_TRAIN, "lr": 1e-3, "warmup_steps": 500}, gpu=True),

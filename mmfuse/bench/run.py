@@ -28,7 +28,7 @@ import mmfuse
 from ..data._io import atomic_write_bytes
 from .plots import _MARKERS, _save
 
-__all__ = ["DEFAULT_ENTRIES", "ENTRY_PIXELS", "ENTRY_REGIONS", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "run_entry_config", "resolve_entries", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
+__all__ = ["DEFAULT_ENTRIES", "ENTRY_PIXELS", "KEYPOINT_TOKENS", "ENTRY_REGIONS", "ENTRY_TRAIN", "EXTRA_ENTRIES", "entry_config", "run_entry_config", "resolve_entries", "pixel_encoder", "region_encoder", "run_leaderboard", "format_table"]
 
 # (entry name, fusion name, fusion knobs): the concat baseline and models of every family. Widths
 # are 64-128 everywhere; the choices below are recorded with their measurements in docs/BENCHMARKS.md
@@ -77,18 +77,24 @@ ENTRY_REGIONS: dict[str, dict[str, Any]] = {
     "lxmert": {"hidden_dims": [], "fourier_frequencies": 8, "fourier_spacing": "linear"},
 }
 
-# per-entry changes to pixel_encoder's settings (--pixels only). LXMERT reads object-like tokens
-# from pixels: 8 CNN keypoints (a spatial soft-argmax over a 19 x 19 grid) placed by a spatial
-# autoencoder's reconstruction alone, each with the features of the 17 x 17 pixels around it
-# (a glimpse) and its map's CNN features, standardised, and the region entry's 8 linear Fourier
-# frequencies of its (x, y). Over the 10 x 10 grid it stayed at the answer prior; with these
-# tokens it passed 99% non-relational and 94% relational at seed 0, not at seed 1 (80.6%
-# relational; docs/BENCHMARKS.md, "Session 10").
-ENTRY_PIXELS: dict[str, dict[str, Any]] = {
-    "lxmert": {"num_layers": 2, "refine_layers": 2, "keypoints": 8, "reconstruction_weight": 1.0,
-               "reconstruction_only": True, "keypoint_glimpse": 17, "keypoint_norm": True,
-               "fourier_frequencies": 8, "fourier_spacing": "linear", "output_activation": "none"},
+# what attention fusions read from pixels (--pixels and the leaderboard's soc_pixels task): 8 CNN
+# keypoints (a spatial soft-argmax over a 19 x 19 grid) placed by a spatial autoencoder's
+# reconstruction alone, each with the features of the 17 x 17 pixels around it (a glimpse) and its
+# map's CNN features, standardised, and 8 linear Fourier frequencies of its (x, y), as the region
+# entries' coordinates. Over the 10 x 10 grid of CNN cells LXMERT and DAN stayed at the answer
+# prior; on these tokens LXMERT passed 99% non-relational and 94% relational in 4 of 8 runs over
+# seeds 0-4 (the others stalled on one question type), DAN reached 100.0 / 77.8 and BAN 79.9 /
+# 50.3 (seed 0; docs/BENCHMARKS.md, "Session 10" and "Session 11"). ``--key.sub`` overrides bring the grid back: keypoints null, num_layers 3,
+# refine_layers 0, reconstruction_weight 0, reconstruction_only false, keypoint_glimpse 0,
+# keypoint_norm false.
+KEYPOINT_TOKENS: dict[str, Any] = {
+    "num_layers": 2, "refine_layers": 2, "keypoints": 8, "reconstruction_weight": 1.0, "reconstruction_only": True,
+    "keypoint_glimpse": 17, "keypoint_norm": True, "fourier_frequencies": 8, "fourier_spacing": "linear",
+    "output_activation": "none",
 }
+
+# per-entry changes to pixel_encoder's settings (--pixels only), on top of KEYPOINT_TOKENS: none today
+ENTRY_PIXELS: dict[str, dict[str, Any]] = {}
 
 DEFAULT_EPOCHS = 12
 QTYPES = ("shape", "left", "top", "closest", "furthest", "count")
@@ -136,15 +142,15 @@ def pixel_encoder(dim: int, kind: str, **changes: Any) -> dict[str, Any]:
 
     Batches hold every question of their images and the CNN runs once per image (``group_key``).
     Vector fusions get the relation-network CNN+MLP input, every cell of the 5 x 5 grid in place
-    (the mean of the cells holds no position); attention fusions attend over a 10 x 10 grid (3
-    conv layers), about one object a cell: over 5 x 5 they stayed at the answer prior
-    (docs/BENCHMARKS.md).
+    (the mean of the cells holds no position); attention fusions attend over 8 CNN keypoints
+    (:data:`KEYPOINT_TOKENS`): over a 5 x 5 or 10 x 10 grid of cells they stayed at the answer
+    prior (docs/BENCHMARKS.md).
     """
     v: dict[str, Any] = {"encoder": "cnn", "key": "image", "dim": dim, "group_key": "image_id"}
     if kind == "vector":
         v.update(flatten=True, height="auto", width="auto")
     else:
-        v["num_layers"] = 3
+        v.update(KEYPOINT_TOKENS)
     v.update(changes)
     return v
 

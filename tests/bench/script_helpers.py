@@ -27,11 +27,14 @@ def load_script(name: str) -> ModuleType:
 
 def pixel_entry(tmp_path: Path, **v: Any) -> tuple[Path, Path]:
     """An untrained from-pixels entry folder (config.json, last.ckpt) on a tiny Sort-of-CLEVR (4
-    training and 5 test images): DAN over 4 CNN keypoints, the CNN settings changed by ``v``; every
+    training and 5 test images): DAN over 4 plain CNN keypoints (no refinement, reconstruction,
+    glimpse or standardisation unless ``v`` asks), the CNN settings changed by ``v``; every
     question answered with answer 0. Returns (folder, dataset root)."""
     root = soc.make_sort_of_clevr(tmp_path / "soc", seed=0, n_train=4, n_test=5)
     config = entry_config("dan", {"hidden_dim": 8, "hops": 1}, pixels=True, data_path=str(root))
-    config["model"]["inputs"]["v"].update({"num_layers": 2, "channels": 4, "keypoints": 4, **v})
+    config["model"]["inputs"]["v"].update({"num_layers": 2, "refine_layers": 0, "channels": 4, "keypoints": 4,
+                                           "reconstruction_weight": 0.0, "reconstruction_only": False,
+                                           "keypoint_glimpse": 0, "keypoint_norm": False, **v})
     config["model"]["inputs"]["q"]["vocab_size"] = len(soc.WORD_VOCAB)
     config["model"]["task"]["num_outputs"] = len(soc.ANSWER_VOCAB)
     torch.manual_seed(0)

@@ -176,7 +176,7 @@ def test_a_time_limit_leaves_entries_for_the_next_part(tmp_path):
     assert not fresh.exists()
 
 
-def test_from_pixels_vector_fusions_see_every_cell_and_attention_fusions_the_cells():
+def test_from_pixels_vector_fusions_see_every_cell_and_attention_fusions_keypoints():
     from mmfuse.bench.leaderboard import task_config
     from mmfuse.bench.run import entry_config
 
@@ -186,7 +186,7 @@ def test_from_pixels_vector_fusions_see_every_cell_and_attention_fusions_the_cel
                       entry_config("dan", {}, pixels=True)["model"]["inputs"]["v"])):
         assert vec["encoder"] == att["encoder"] == "cnn" and vec["group_key"] == att["group_key"] == "image_id"
         assert vec["flatten"] is True and (vec["height"], vec["width"]) == ("auto", "auto")  # the RN paper's CNN+MLP
-        assert "flatten" not in att and att["num_layers"] == 3  # attention fusions: over a 10 x 10 grid of cells
+        assert "flatten" not in att and att["keypoints"] == 8 and att["num_layers"] == 2  # attention: CNN keypoints
     assert "group_key" not in entry_config("dan", {}, pixels=False)["model"]["inputs"]["v"]
 
 

@@ -66,21 +66,24 @@ def test_entry_region_settings_change_the_region_encoder_only():
                                 "task": {"kind": "classification", "num_outputs": 10}})
 
 
-def test_entry_pixel_settings_change_the_pixel_encoder_only():
-    from mmfuse.bench.run import ENTRY_PIXELS, pixel_encoder, run_entry_config
+def test_attention_fusions_read_keypoint_tokens_from_pixels_and_entry_changes_go_on_top(monkeypatch):
+    from mmfuse.bench import run
+    from mmfuse.bench.run import KEYPOINT_TOKENS, pixel_encoder, run_entry_config
     from mmfuse.models.task import build_model
     from mmfuse.train import validate_config
 
-    changes = ENTRY_PIXELS["lxmert"]
-    grid = pixel_encoder(64, "attention")
-    assert grid["num_layers"] == 3 and "keypoints" not in grid  # the 10 x 10 grid for the other attention fusions
-    v = entry_config("lxmert", {}, pixels=True, pixel_changes=changes)["model"]["inputs"]["v"]
-    assert v == {**grid, **changes} and v["keypoints"] == 8 and v["reconstruction_only"]
-    # on region features the pixel changes do nothing
-    assert entry_config("lxmert", {}, pixel_changes=changes) == entry_config("lxmert", {})
-    lx = run_entry_config("lxmert", "lxmert", {}, pixels=True)
-    assert lx["model"]["inputs"]["v"] == v and lx["train"]["lr"] == 1e-3
+    tokens = pixel_encoder(64, "attention")
+    assert tokens == {"encoder": "cnn", "key": "image", "dim": 64, "group_key": "image_id", **KEYPOINT_TOKENS}
+    assert tokens["keypoints"] == 8 and tokens["reconstruction_only"] and tokens["keypoint_glimpse"] == 17
+    for entry in ("lxmert", "dan", "ban"):
+        assert run_entry_config(entry, entry, {}, pixels=True)["model"]["inputs"]["v"] == tokens
     assert run_entry_config("dan", "dan", {}, pixels=True) == entry_config("dan", {}, pixels=True)
+    # an entry's own changes go on top of the tokens, from pixels only
+    monkeypatch.setitem(run.ENTRY_PIXELS, "dan", {"keypoints": 6})
+    assert run_entry_config("dan", "dan", {}, pixels=True)["model"]["inputs"]["v"] == {**tokens, "keypoints": 6}
+    assert run_entry_config("dan", "dan", {}) == entry_config("dan", {})
+    lx = run_entry_config("lxmert", "lxmert", {}, pixels=True)
+    assert lx["train"]["lr"] == 1e-3
     for entry, fusion, knobs in (*DEFAULT_ENTRIES, *EXTRA_ENTRIES):
         validate_config(run_entry_config(entry, fusion, knobs, pixels=True))
     model_cfg = {**lx["model"], "task": {"kind": "classification", "num_outputs": 10}}

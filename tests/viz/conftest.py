@@ -77,7 +77,10 @@ def pixel_dan(soc_root: Path, folder: Path, **cnn: object) -> Path:
 
 @pytest.fixture(scope="session")
 def pixel_cells_model(soc_root, tmp_path_factory) -> Path:
-    return pixel_dan(soc_root, tmp_path_factory.mktemp("cells") / "model", num_layers=3)  # 75 -> 10 x 10
+    # the grid of cells instead of run's keypoint tokens: 75 -> 10 x 10
+    return pixel_dan(soc_root, tmp_path_factory.mktemp("cells") / "model", num_layers=3, refine_layers=0,
+                     keypoints=None, reconstruction_weight=0.0, reconstruction_only=False, keypoint_glimpse=0,
+                     keypoint_norm=False)
 
 
 @pytest.fixture(scope="session")
