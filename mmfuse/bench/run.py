@@ -84,9 +84,9 @@ ENTRY_REGIONS: dict[str, dict[str, Any]] = {
 # entries' coordinates. Over the 10 x 10 grid of CNN cells LXMERT and DAN stayed at the answer
 # prior; on these tokens LXMERT passed 99% non-relational and 94% relational in 4 of 8 runs over
 # seeds 0-4 (the others stalled on one question type), DAN reached 100.0 / 77.8 and BAN 79.9 /
-# 50.3 (seed 0; docs/BENCHMARKS.md, "Session 10" and "Session 11"). ``--key.sub`` overrides bring the grid back: keypoints null, num_layers 3,
-# refine_layers 0, reconstruction_weight 0, reconstruction_only false, keypoint_glimpse 0,
-# keypoint_norm false.
+# 50.3 (seed 0; docs/BENCHMARKS.md, "Session 10" and "Session 11"). ``--key.sub`` overrides
+# bring the grid back: keypoints null, num_layers 3, refine_layers 0, reconstruction_weight 0,
+# reconstruction_only false, keypoint_glimpse 0, keypoint_norm false.
 KEYPOINT_TOKENS: dict[str, Any] = {
     "num_layers": 2, "refine_layers": 2, "keypoints": 8, "reconstruction_weight": 1.0, "reconstruction_only": True,
     "keypoint_glimpse": 17, "keypoint_norm": True, "fourier_frequencies": 8, "fourier_spacing": "linear",

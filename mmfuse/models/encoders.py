@@ -445,12 +445,13 @@ class CNNEncoder(Encoder):
     ``keypoint_anchors`` (false), ``keypoint_anchor_width`` (0.5), ``reconstruction_weight`` (0),
     ``reconstruction_width`` (0.1), ``reconstruction_only`` (false), ``reconstruction_scale`` (1),
     ``reconstruction_kernel`` (3), ``keypoint_glimpse`` (0 = none),
-    ``glimpse_reconstruction_weight`` (0), ``keypoint_norm`` (false),
-    ``fourier_frequencies`` (0), ``fourier_spacing`` (``octave``), ``dim`` (null = channels (twice
-    that with a glimpse) + 2 + 4·fourier_frequencies), ``output_activation`` (relu), ``dropout`` (0, on the cell features), ``flatten`` (false): the
-    output is one vector, every cell's features concatenated in row-major order (Tensor[B, h·w·D],
-    no sequence): the relation-network paper's CNN+MLP baseline, whose MLP sees where each cell
-    is; the image's ``height`` and ``width`` are then required (``auto`` fills them from the data).
+    ``glimpse_reconstruction_weight`` (0), ``keypoint_norm`` (false), ``fourier_frequencies`` (0),
+    ``fourier_spacing`` (``octave``), ``dim`` (null = channels (twice that with a glimpse) + 2 +
+    4·fourier_frequencies), ``output_activation`` (relu), ``dropout`` (0, on the cell features),
+    ``flatten`` (false): the output is one vector, every cell's features concatenated in
+    row-major order (Tensor[B, h·w·D], no sequence): the relation-network paper's CNN+MLP
+    baseline, whose MLP sees where each cell is; the image's ``height`` and ``width`` are then
+    required (``auto`` fills them from the data).
     """
 
     name = "cnn"

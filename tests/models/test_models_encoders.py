@@ -586,7 +586,8 @@ def test_cnn_glimpse_reconstruction_decodes_each_glimpse_into_its_pooled_pixels(
     """aux_loss = weight x mean over keypoints of |Linear(glimpse features) - glimpse pooled to 9 x 9|^2
     (plus the keypoints' own reconstruction when that is on); it trains the glimpse encoder."""
     torch.manual_seed(0)
-    enc = CNNEncoder(channels=4, num_layers=2, keypoints=3, keypoint_glimpse=7, glimpse_reconstruction_weight=0.5).train()
+    enc = CNNEncoder(channels=4, num_layers=2, keypoints=3, keypoint_glimpse=7,
+                     glimpse_reconstruction_weight=0.5).train()
     assert enc.glimpse_decoder.out_features == 3 * 9 * 9 and enc.reconstruction_weight == 0
     img = torch.rand(2, 3, 24, 24)
     out = enc(img)
@@ -596,7 +597,8 @@ def test_cnn_glimpse_reconstruction_decodes_each_glimpse_into_its_pooled_pixels(
     expected = torch.zeros(())
     for n in range(2):
         for k in range(3):
-            pooled = torch.zeros(3, 9, 9)  # adaptive pooling of 7 into 9 bins: bin i covers pixels floor(7i/9)..ceil(7(i+1)/9)
+            # adaptive pooling of 7 pixels into 9 bins: bin i covers pixels floor(7i/9) .. ceil(7(i+1)/9) - 1
+            pooled = torch.zeros(3, 9, 9)
             for i in range(9):
                 for j in range(9):
                     r0, r1 = (7 * i) // 9, -(-7 * (i + 1) // 9)
