@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..attention._base import AttentionOutput
+from ..models.encoders import CNNEncoder
 from .attention import cnn_layout
 
 __all__ = [
@@ -76,7 +77,7 @@ class GalleryItem:
         region_centres: float [K, 2] pixel (x, y) of each region's object (NaN for a distractor
             row) or of each CNN keypoint, or None for grid cells; ``grid``: (rows, cols) of the
             cells, or None; ``cell_size``: pixels between the cells' centres (cell (r, c) is
-            centred on pixel (c, r) times it).
+            centred on pixel (c, r) times it), or 0 for cells spread evenly over the image.
         word_maps: float [Pw, T] or None (no word attention); ``word_labels``: Pw titles.
         source: where the maps came from, e.g. ``extras["v_attn_hops"]``.
     """
@@ -260,7 +261,7 @@ def gallery_data(
     words_vocab = list(info["word_vocab"])
     type_names = list(info["qtype_names"])
     v_name, v_input = next(iter(model.config["inputs"].items()))
-    cnn = model.encoders[v_name] if v_input["key"] == "image" else None
+    cnn = model.encoders[v_name] if isinstance(model.encoders[v_name], CNNEncoder) else None
     items = []
     for index in select_questions(arrays["qtype"][images], n, seed, per_type):
         batch = dataset.__getitems__([index])
@@ -280,6 +281,9 @@ def gallery_data(
         if cnn is not None:  # keypoints where they are, or cells over the pixels they see
             layout = cnn_layout(cnn, batch[v_input["key"]])
             centres, grid, cell_size = layout.get("region_centres"), layout.get("grid"), layout.get("cell_size", 0.0)
+        elif v_input["key"] == "image":  # another image encoder's cells: spread over the image
+            side = int(round(k**0.5))
+            grid = (side, side) if side * side == k else (1, k)
         else:
             owner = arrays["region_object"][img_row].astype(np.int64)  # [R], -1 = distractor
             centres = np.full((k, 2), np.nan)
@@ -320,14 +324,20 @@ def _draw_regions(ax: Any, item: GalleryItem, weights: np.ndarray) -> None:
         rgba = plt.cm.YlOrRd(heat)
         rgba[..., 3] = 0.8 * heat
         rows, cols = item.grid
-        s = item.cell_size  # cell (r, c) is centred on pixel (s c, s r) and spans s pixels
-        ax.imshow(rgba, interpolation="nearest", extent=(-s / 2, (cols - 0.5) * s, (rows - 0.5) * s, -s / 2))
+        if item.cell_size:  # cell (r, c) is centred on pixel (s c, s r) and spans s pixels
+            sx = sy = item.cell_size
+            x0 = y0 = 0.0
+        else:  # cells spread evenly over the image
+            sx, sy = w / cols, h / rows
+            x0, y0 = sx / 2 - 0.5, sy / 2 - 0.5
+        ax.imshow(rgba, interpolation="nearest",
+                  extent=(x0 - sx / 2, x0 + (cols - 0.5) * sx, y0 + (rows - 0.5) * sy, y0 - sy / 2))
         for r in range(1, rows):
-            ax.axhline((r - 0.5) * s, color="#999999", lw=0.4)
+            ax.axhline(y0 + (r - 0.5) * sy, color="#999999", lw=0.4)
         for c in range(1, cols):
-            ax.axvline((c - 0.5) * s, color="#999999", lw=0.4)
+            ax.axvline(x0 + (c - 0.5) * sx, color="#999999", lw=0.4)
         r, c = np.unravel_index(int(np.argmax(weights)), item.grid)
-        ax.text(min(c * s, w - 6.0), min(r * s, h - 4.0), f"{weights.max():.2f}", fontsize=8,
+        ax.text(min(x0 + c * sx, w - 6.0), min(y0 + r * sy, h - 4.0), f"{weights.max():.2f}", fontsize=8,
                 ha="center", va="center", color="#a50f15", fontweight="bold",
                 bbox={"facecolor": "white", "alpha": 0.85, "pad": 0.8, "lw": 0})
     else:

@@ -178,3 +178,25 @@ def test_predict_draws_pixel_regions_where_they_look(fixture, request, soc_root,
         xy = mmfuse.load(folder).encoders["v"].keypoint_positions(image)[0]  # (-1, 1): pixel p at (2p + 1) / 75 - 1
         np.testing.assert_allclose(drawn["region_centres"], ((xy + 1) * 75 - 1).div(2).detach().numpy(), atol=1e-4)
         assert drawn["region_weights"].shape == (5,) and "grid" not in drawn
+
+
+@pytest.mark.parametrize("cell_size, extent", [(16.0, (-8.0, 72.0, 72.0, -8.0)), (0.0, (-0.5, 74.5, 74.5, -0.5))])
+def test_cells_heat_map_covers_the_pixels_they_see(cell_size, extent):
+    """5 x 5 cells of a stride-16 CNN sit on pixels 0, 16, .., 64 (each spanning 16); without a
+    cell size they are spread evenly over the 75-pixel image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmfuse.viz.gallery import GalleryItem, _draw_regions
+
+    item = GalleryItem(index=0, image_index=0, qtype=0, qtype_name="shape", relational=False, question="q",
+                       words=["q"], image=np.zeros((75, 75, 3), np.uint8), answer="yes", predicted="yes",
+                       probability=1.0, region_maps=np.full((1, 25), 0.04), region_labels=["attention"],
+                       region_valid=np.ones(25, bool), region_centres=None, grid=(5, 5), word_maps=None,
+                       word_labels=[], source="test", cell_size=cell_size)
+    fig, ax = plt.subplots()
+    _draw_regions(ax, item, item.region_maps[0])
+    np.testing.assert_allclose(ax.images[-1].get_extent(), extent)
+    plt.close(fig)
