@@ -364,11 +364,6 @@ def _conv_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"cnn: conv_norm must be 'batch', 'group' or 'none', got {kind!r}")
 
 
-# the side of the pooled glimpse that glimpse_reconstruction_weight decodes: 17 pixels into 9 x 9
-# bins of about 2 pixels keep a square's corners apart from a circle's edge
-GLIMPSE_TARGET = 9
-
-
 @_register
 class CNNEncoder(Encoder):
     """A small CNN on raw pixels whose output grid cells (or soft keypoints) are the regions.
@@ -428,11 +423,6 @@ class CNNEncoder(Encoder):
     keypoints (BatchNorm1d). Both are there for the object's appearance: on Sort-of-CLEVR, with
     keypoints on every object, LXMERT learned where the objects were but not their shapes from
     the raw CNN features (docs/BENCHMARKS.md, "Session 10").
-    ``glimpse_reconstruction_weight`` > 0 makes the glimpse an autoencoder too: a Linear decodes
-    each glimpse's features into its pixels average-pooled to :data:`GLIMPSE_TARGET` ×
-    :data:`GLIMPSE_TARGET`, and the mean squared error, times the weight, joins ``aux_loss``, so
-    that the glimpse's features carry the object's appearance (its shape) before the answers
-    ask for it: some from-pixels runs sat at the shape prior for nine epochs.
 
     ``conv_norm``: ``batch`` (the paper's BatchNorm), ``group`` (GroupNorm, up to 8 groups: each
     image is normalised on its own, so training and evaluation compute the same thing) or ``none``.
@@ -444,14 +434,13 @@ class CNNEncoder(Encoder):
     ``conv_norm`` (batch), ``coords`` (true), ``keypoints`` (null), ``keypoint_sharpness`` (10),
     ``keypoint_anchors`` (false), ``keypoint_anchor_width`` (0.5), ``reconstruction_weight`` (0),
     ``reconstruction_width`` (0.1), ``reconstruction_only`` (false), ``reconstruction_scale`` (1),
-    ``reconstruction_kernel`` (3), ``keypoint_glimpse`` (0 = none),
-    ``glimpse_reconstruction_weight`` (0), ``keypoint_norm`` (false), ``fourier_frequencies`` (0),
-    ``fourier_spacing`` (``octave``), ``dim`` (null = channels (twice that with a glimpse) + 2 +
-    4·fourier_frequencies), ``output_activation`` (relu), ``dropout`` (0, on the cell features),
-    ``flatten`` (false): the output is one vector, every cell's features concatenated in
-    row-major order (Tensor[B, h·w·D], no sequence): the relation-network paper's CNN+MLP
-    baseline, whose MLP sees where each cell is; the image's ``height`` and ``width`` are then
-    required (``auto`` fills them from the data).
+    ``reconstruction_kernel`` (3), ``keypoint_glimpse`` (0 = none), ``keypoint_norm`` (false),
+    ``fourier_frequencies`` (0), ``fourier_spacing`` (``octave``), ``dim`` (null = channels (twice
+    that with a glimpse) + 2 + 4·fourier_frequencies), ``output_activation`` (relu), ``dropout``
+    (0, on the cell features), ``flatten`` (false): the output is one vector, every cell's
+    features concatenated in row-major order (Tensor[B, h·w·D], no sequence): the
+    relation-network paper's CNN+MLP baseline, whose MLP sees where each cell is; the image's
+    ``height`` and ``width`` are then required (``auto`` fills them from the data).
     """
 
     name = "cnn"
@@ -471,7 +460,6 @@ class CNNEncoder(Encoder):
         "reconstruction_scale": Field(positive_int, 1),
         "reconstruction_kernel": Field(positive_int, 3),
         "keypoint_glimpse": Field(non_negative_int, 0),
-        "glimpse_reconstruction_weight": Field(non_negative_float, 0.0),
         "keypoint_norm": Field(bool_value, False),
         "conv_norm": Field(choice("batch", "group", "none"), "batch"),
         "fourier_frequencies": Field(non_negative_int, 0),
@@ -510,7 +498,6 @@ class CNNEncoder(Encoder):
         reconstruction_scale: int = 1,
         reconstruction_kernel: int = 3,
         keypoint_glimpse: int = 0,
-        glimpse_reconstruction_weight: float = 0.0,
         keypoint_norm: bool = False,
     ):
         super().__init__()
@@ -538,11 +525,6 @@ class CNNEncoder(Encoder):
         if reconstruction_only and not reconstruction_weight:
             raise ValueError("cnn: reconstruction_only trains the CNN on the reconstruction alone; "
                              "set reconstruction_weight > 0")
-        if not 0 <= glimpse_reconstruction_weight < math.inf:
-            raise ValueError(f"cnn: glimpse_reconstruction_weight must be a number >= 0, "
-                             f"got {glimpse_reconstruction_weight}")
-        if glimpse_reconstruction_weight and not keypoint_glimpse:
-            raise ValueError("cnn: glimpse_reconstruction_weight decodes the glimpse; set keypoint_glimpse")
         if reconstruction_kernel < 1 or reconstruction_kernel % 2 == 0:
             raise ValueError(f"cnn: reconstruction_kernel must be an odd kernel size >= 1 (centred), "
                              f"got {reconstruction_kernel}")
@@ -588,10 +570,6 @@ class CNNEncoder(Encoder):
                 nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
                 nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, channels))
-        # the glimpse's decoder (its features back to its pixels, pooled): only with a weight
-        self.glimpse_reconstruction_weight = glimpse_reconstruction_weight
-        self.glimpse_decoder = (nn.Linear(channels, in_channels * GLIMPSE_TARGET ** 2)
-                                if glimpse_reconstruction_weight else None)
         token = channels * (2 if keypoint_glimpse else 1)  # a cell's or keypoint's features, before (x, y)
         self.keypoint_norm = nn.BatchNorm1d(token) if keypoint_norm else None
         # the (x, y) columns of a cell's features, and their Fourier frequencies
@@ -631,8 +609,6 @@ class CNNEncoder(Encoder):
                 raise ConfigError(f"{key}.keypoints", "flatten concatenates grid cells in place; set keypoints: null")
         if cfg["reconstruction_weight"] and cfg["keypoints"] is None:
             raise ConfigError(f"{key}.reconstruction_weight", "it decodes the image from the keypoints: set keypoints")
-        if cfg["glimpse_reconstruction_weight"] and not cfg["keypoint_glimpse"]:
-            raise ConfigError(f"{key}.glimpse_reconstruction_weight", "it decodes the glimpse: set keypoint_glimpse")
         for name in ("keypoint_glimpse", "keypoint_norm"):
             if cfg[name] and cfg["keypoints"] is None:
                 raise ConfigError(f"{key}.{name}", "it acts on keypoints: set keypoints")
@@ -716,12 +692,7 @@ class CNNEncoder(Encoder):
                 f = f.detach()
             feats, xy = f[..., :-2], f[..., -2:]
             if self.glimpse_encoder is not None:
-                patches = self.glimpses(x, xy)  # [B, K, C, G, G]
-                seen = self.glimpse_features(patches)  # [B, K, channels]
-                if self.glimpse_decoder is not None and self.training:
-                    g_aux = self.glimpse_reconstruction_weight * self.glimpse_reconstruction_loss(patches, seen)
-                    aux = g_aux if aux is None else aux + g_aux
-                feats = torch.cat([feats, seen], dim=-1)
+                feats = torch.cat([feats, self.glimpse_features(x, xy)], dim=-1)
             if self.keypoint_norm is not None:  # each feature standardised over the batch's keypoints
                 feats = self.keypoint_norm(feats.transpose(1, 2)).transpose(1, 2)
             f = torch.cat([feats, xy], dim=-1)
@@ -748,19 +719,11 @@ class CNNEncoder(Encoder):
                                             padding_mode="border", align_corners=False)  # [B, C, K*G, G]
         return patches.unflatten(2, (k, g)).transpose(1, 2)  # [B, K, C, G, G]
 
-    def glimpse_features(self, patches: Tensor) -> Tensor:
-        """Glimpses Tensor[B, K, C, G, G] (:meth:`glimpses`) through the glimpse encoder:
-        Tensor[B, K, channels]."""
-        return self.glimpse_encoder(patches.flatten(0, 1)).unflatten(0, patches.shape[:2])
-
-    def glimpse_reconstruction_loss(self, patches: Tensor, seen: Tensor) -> Tensor:
-        """Glimpses Tensor[B, K, C, G, G] and their features Tensor[B, K, channels] -> the mean
-        squared error between the features decoded by ``glimpse_decoder`` and the glimpses
-        average-pooled to :data:`GLIMPSE_TARGET` × :data:`GLIMPSE_TARGET`."""
-        t = GLIMPSE_TARGET
-        target = nn.functional.adaptive_avg_pool2d(patches.flatten(0, 1).float(), (t, t))  # [B*K, C, t, t]
-        decoded = self.glimpse_decoder(seen.flatten(0, 1)).unflatten(-1, (patches.shape[2], t, t))
-        return nn.functional.mse_loss(decoded.float(), target)
+    def glimpse_features(self, x: Tensor, xy: Tensor) -> Tensor:
+        """Each keypoint's glimpse through the glimpse encoder: Tensor[B, K, channels]."""
+        patches = self.glimpses(x, xy)
+        b, k = patches.shape[:2]
+        return self.glimpse_encoder(patches.flatten(0, 1)).unflatten(0, (b, k))
 
     def render(self, keypoints: Tensor, h: int, w: int) -> Tensor:
         """Keypoints Tensor[B, K, C + 2] (features, then x, y) -> the decoder's input Tensor[B, C, h, w]:

@@ -568,7 +568,7 @@ def test_cnn_keypoint_tokens_with_glimpse_and_norm():
     img = torch.rand(5, 3, 24, 24)
     out = enc(img).seq  # [5, 3, 10]
     kp = _keypoints_reference(enc, img)  # [5, 3, 4 + 2]
-    feats = torch.cat([kp[..., :4], enc.glimpse_features(enc.glimpses(img, kp[..., 4:]))], dim=-1).reshape(15, 8)
+    feats = torch.cat([kp[..., :4], enc.glimpse_features(img, kp[..., 4:])], dim=-1).reshape(15, 8)
     normed = (feats - feats.mean(0)) / (feats.var(0, unbiased=False) + enc.keypoint_norm.eps).sqrt()
     torch.testing.assert_close(out[..., :8].reshape(15, 8), normed, atol=1e-4, rtol=0)
     torch.testing.assert_close(out[..., 8:], kp[..., 4:], atol=ATOL, rtol=0)
@@ -580,50 +580,6 @@ def test_cnn_keypoint_tokens_with_glimpse_and_norm():
         CNNEncoder(keypoint_glimpse=5)
     with pytest.raises(ValueError, match="act on keypoints; set keypoints"):
         CNNEncoder(keypoint_norm=True)
-
-
-def test_cnn_glimpse_reconstruction_decodes_each_glimpse_into_its_pooled_pixels():
-    """aux_loss = weight x mean over keypoints of |Linear(glimpse features) - glimpse pooled to 9 x 9|^2
-    (plus the keypoints' own reconstruction when that is on); it trains the glimpse encoder."""
-    torch.manual_seed(0)
-    enc = CNNEncoder(channels=4, num_layers=2, keypoints=3, keypoint_glimpse=7,
-                     glimpse_reconstruction_weight=0.5).train()
-    assert enc.glimpse_decoder.out_features == 3 * 9 * 9 and enc.reconstruction_weight == 0
-    img = torch.rand(2, 3, 24, 24)
-    out = enc(img)
-    kp = _keypoints_reference(enc, img)
-    patches = enc.glimpses(img, kp[..., 4:])  # [2, 3, 3, 7, 7]
-    seen = enc.glimpse_features(patches)  # [2, 3, 4]
-    expected = torch.zeros(())
-    for n in range(2):
-        for k in range(3):
-            # adaptive pooling of 7 pixels into 9 bins: bin i covers pixels floor(7i/9) .. ceil(7(i+1)/9) - 1
-            pooled = torch.zeros(3, 9, 9)
-            for i in range(9):
-                for j in range(9):
-                    r0, r1 = (7 * i) // 9, -(-7 * (i + 1) // 9)
-                    c0, c1 = (7 * j) // 9, -(-7 * (j + 1) // 9)
-                    pooled[:, i, j] = patches[n, k, :, r0:r1, c0:c1].mean((1, 2))
-            decoded = (enc.glimpse_decoder.weight @ seen[n, k] + enc.glimpse_decoder.bias).view(3, 9, 9)
-            expected = expected + (decoded - pooled).square().sum()
-    torch.testing.assert_close(out.aux_loss, 0.5 * expected / (2 * 3 * 243), atol=ATOL, rtol=0)
-    enc.zero_grad()
-    out.aux_loss.backward()
-    assert enc.glimpse_encoder[0].weight.grad.abs().sum() > 0 and enc.glimpse_decoder.weight.grad.abs().sum() > 0
-    assert enc.eval()(img).aux_loss is None
-    both = CNNEncoder(channels=4, num_layers=2, keypoints=3, keypoint_glimpse=7, glimpse_reconstruction_weight=0.5,
-                      reconstruction_weight=2.0).train()
-    g = both.convs(img)
-    kp = both.keypoint_maps(g, (24, 24)) @ both.cells(g, (24, 24))
-    patches = both.glimpses(img, kp[..., -2:])
-    expected = (2.0 * both.reconstruction_loss(img, kp, 6, 6)
-                + 0.5 * both.glimpse_reconstruction_loss(patches, both.glimpse_features(patches)))
-    torch.testing.assert_close(both(img).aux_loss, expected, atol=ATOL, rtol=0)
-    assert CNNEncoder(channels=4, num_layers=2, keypoints=3, keypoint_glimpse=7).glimpse_decoder is None
-    with pytest.raises(ValueError, match="glimpse_reconstruction_weight decodes the glimpse; set keypoint_glimpse"):
-        CNNEncoder(keypoints=3, glimpse_reconstruction_weight=1.0)
-    with pytest.raises(ValueError, match="glimpse_reconstruction_weight must be a number >= 0, got -1"):
-        CNNEncoder(keypoints=3, keypoint_glimpse=5, glimpse_reconstruction_weight=-1.0)
 
 
 # --------------------------------------------------------------------------- recurrent text encoders
