@@ -82,7 +82,7 @@ ENTRY_REGIONS: dict[str, dict[str, Any]] = {
 # reconstruction alone, each with the features of the 17 x 17 pixels around it (a glimpse) and its
 # map's CNN features, standardised, and 8 linear Fourier frequencies of its (x, y), as the region
 # entries' coordinates. Over the 10 x 10 grid of CNN cells LXMERT and DAN stayed at the answer
-# prior; on these tokens LXMERT passed 99% non-relational and 94% relational in 4 of 8 runs over
+# prior; on these tokens LXMERT passed 99% non-relational and 94% relational in 6 of 11 runs over
 # seeds 0-4 (the others stalled on one question type), DAN reached 100.0 / 77.8 and BAN 79.9 /
 # 50.3 (seed 0; docs/BENCHMARKS.md, "Session 10" and "Session 11"). ``--key.sub`` overrides
 # bring the grid back: keypoints null, num_layers 3, refine_layers 0, reconstruction_weight 0,
