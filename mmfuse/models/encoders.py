@@ -331,8 +331,14 @@ def grid_coordinates(h: int, w: int, device=None, dtype=None) -> Tensor:
     """Centres of an h×w grid's cells, row-major: Tensor[h·w, 2] of (x, y) in (-1, 1), centred on 0."""
     ys = (2 * torch.arange(h, device=device, dtype=dtype) + 1) / h - 1
     xs = (2 * torch.arange(w, device=device, dtype=dtype) + 1) / w - 1
+    return _row_major_xy(ys, xs)
+
+
+def _row_major_xy(ys: Tensor, xs: Tensor) -> Tensor:
+    """Row coordinates Tensor[h] and column coordinates Tensor[w] -> every cell's (x, y),
+    row-major: Tensor[h·w, 2]."""
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # [h, w] each
-    return torch.stack([gx, gy], dim=-1).reshape(h * w, 2)
+    return torch.stack([gx, gy], dim=-1).reshape(-1, 2)
 
 
 def receptive_field_centres(h: int, w: int, height: int, width: int, stride: int,
@@ -349,8 +355,7 @@ def receptive_field_centres(h: int, w: int, height: int, width: int, stride: int
     """
     ys = (2 * stride * torch.arange(h, device=device, dtype=dtype) + 1) / height - 1
     xs = (2 * stride * torch.arange(w, device=device, dtype=dtype) + 1) / width - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # [h, w] each
-    return torch.stack([gx, gy], dim=-1).reshape(h * w, 2)
+    return _row_major_xy(ys, xs)
 
 
 def _conv_norm(kind: str, channels: int) -> nn.Module:

@@ -9,7 +9,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_attention", "cnn_layout"]
+__all__ = ["plot_attention", "cnn_layout", "cell_geometry"]
+
+
+def cell_geometry(grid: tuple[int, int], cell_size: float | None, h: int, w: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, sx, sy)``: cell (r, c) of a ``grid`` of cells over an h × w image is centred on
+    pixel (x0 + c·sx, y0 + r·sy) and spans sx × sy pixels. With a ``cell_size`` (a CNN's cells,
+    :func:`cnn_layout`) the cells sit that many pixels apart from pixel 0; without one (None or
+    0) they are spread evenly over the image."""
+    if cell_size:
+        return 0.0, 0.0, float(cell_size), float(cell_size)
+    rows, cols = grid
+    sx, sy = w / cols, h / rows
+    return sx / 2 - 0.5, sy / 2 - 0.5, sx, sy
+
+
+def cell_extent(grid: tuple[int, int], cell_size: float | None, h: int, w: int) -> tuple[float, float, float, float]:
+    """The ``imshow`` extent (left, right, bottom, top) of a heat map over the cells (:func:`cell_geometry`)."""
+    x0, y0, sx, sy = cell_geometry(grid, cell_size, h, w)
+    rows, cols = grid
+    return x0 - sx / 2, x0 + (cols - 0.5) * sx, y0 + (rows - 0.5) * sy, y0 - sy / 2
 
 
 def cnn_layout(cnn: Any, image: Any) -> dict[str, Any]:
@@ -64,11 +83,7 @@ def plot_attention(
         top = weights.max() if weights.size and weights.max() > 0 else 1.0
         if grid is not None:
             heat = weights.reshape(grid)
-            extent = (-0.5, w - 0.5, h - 0.5, -0.5)
-            if cell_size is not None:
-                s = cell_size
-                extent = (-s / 2, (grid[1] - 0.5) * s, (grid[0] - 0.5) * s, -s / 2)
-            ax.imshow(heat / top, cmap="magma", alpha=0.55, extent=extent,
+            ax.imshow(heat / top, cmap="magma", alpha=0.55, extent=cell_extent(grid, cell_size, h, w),
                       interpolation="bilinear", vmin=0, vmax=1)
         elif region_centres is not None:
             for (x, y), a in zip(np.asarray(region_centres), weights):

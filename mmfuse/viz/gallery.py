@@ -44,7 +44,7 @@ import torch
 
 from ..attention._base import AttentionOutput
 from ..models.encoders import CNNEncoder
-from .attention import cnn_layout
+from .attention import cell_extent, cell_geometry, cnn_layout
 
 __all__ = [
     "GalleryItem",
@@ -324,14 +324,8 @@ def _draw_regions(ax: Any, item: GalleryItem, weights: np.ndarray) -> None:
         rgba = plt.cm.YlOrRd(heat)
         rgba[..., 3] = 0.8 * heat
         rows, cols = item.grid
-        if item.cell_size:  # cell (r, c) is centred on pixel (s c, s r) and spans s pixels
-            sx = sy = item.cell_size
-            x0 = y0 = 0.0
-        else:  # cells spread evenly over the image
-            sx, sy = w / cols, h / rows
-            x0, y0 = sx / 2 - 0.5, sy / 2 - 0.5
-        ax.imshow(rgba, interpolation="nearest",
-                  extent=(x0 - sx / 2, x0 + (cols - 0.5) * sx, y0 + (rows - 0.5) * sy, y0 - sy / 2))
+        x0, y0, sx, sy = cell_geometry(item.grid, item.cell_size, h, w)  # cell (r, c) on pixel (x0 + c sx, y0 + r sy)
+        ax.imshow(rgba, interpolation="nearest", extent=cell_extent(item.grid, item.cell_size, h, w))
         for r in range(1, rows):
             ax.axhline(y0 + (r - 0.5) * sy, color="#999999", lw=0.4)
         for c in range(1, cols):
