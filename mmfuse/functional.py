@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kernels import PowerNormalize, use_kernels
+
 __all__ = [
     "signed_sqrt",
     "l2_normalize",
@@ -54,7 +56,12 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def power_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """The bilinear-pooling "norm": signed square root, then L2 over the last dim."""
+    """The bilinear-pooling "norm": signed square root, then L2 over the last dim.
+
+    On CUDA tensors with Triton present this runs as one fused kernel each way
+    (:class:`mmfuse.kernels.PowerNormalize`, the same values); elsewhere as torch ops."""
+    if use_kernels(x):
+        return PowerNormalize.apply(x, eps, eps)
     return l2_normalize(signed_sqrt(x, eps), eps)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._registry import register_fusion
@@ -289,14 +290,55 @@ class Tucker(VectorFusion):
         self.core_bias = nn.Parameter(uniform_(torch.empty(hidden_dim, **fk), tx))
         self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
 
+    # pad t_x, t_o, t_y to multiples of this for 16-bit GEMMs on CUDA (see _padded); force_padding
+    # runs the padded path everywhere (tests, on a CPU)
+    gemm_alignment: int = 8
+    force_padding: bool = False
+
     def fuse(self, x: Tensor, y: Tensor) -> Tensor:
-        xt, yt = self.inputs((x, y))
         tx, ty = self.projected_dims
-        t = (xt @ self.core.view(tx, self.hidden_dim * ty)).unflatten(-1, (self.hidden_dim, ty))  # [N, H, t_y]
+        h = self.hidden_dim
+        a = self.gemm_alignment
+        if (tx % a or ty % a or h % a) and (self.force_padding or (x.is_cuda and _half_compute(x))):
+            return self._padded(x, y)
+        xt, yt = self.inputs((x, y))
+        t = (xt @ self.core.view(tx, h * ty)).unflatten(-1, (h, ty))  # [N, H, t_y]
         z = (t @ yt.unsqueeze(-1)).squeeze(-1) + self.core_bias  # [N, H]
         if self.normalize:
             z = power_normalize(z)
         return self.head(z)
+
+    def _padded(self, x: Tensor, y: Tensor) -> Tensor:
+        """:meth:`fuse` with t_x, t_o and t_y zero-padded to multiples of ``gemm_alignment``.
+
+        Rows of an odd width (block.bootstrap's VQA Tucker has 235) are not 16-byte aligned in
+        bf16, and cuBLAS then falls back to slow unaligned kernels: on an H200 they took 2.5 of the
+        2.8 ms of a bf16 step at batch 2048, and padding cut the step to 1.3 ms (CUDA graph;
+        docs/BENCHMARKS.md, session 12). It runs for 16-bit compute on CUDA (half inputs or
+        autocast): in float32 at batch 128, where the step is launch-bound, the pads' extra
+        kernels made it slower (2.6 against 1.8 ms). The weights are padded on the fly with
+        zeros (the core in all three modes, the projections' rows, the head's columns), so the
+        padded features meet zero weights and the result is the same; the gradients of the padding
+        are dropped by the pads' backward.
+        """
+        a = self.gemm_alignment
+        tx, ty = self.projected_dims
+        h = self.hidden_dim
+        px, py, ph = -tx % a, -ty % a, -h % a
+        inp = self.inputs
+        xs = []
+        for lin, v, p in zip(inp.linears, (x, y), (px, py)):
+            w, b = F.pad(lin.weight, (0, 0, 0, p)), F.pad(lin.bias, (0, p))
+            xs.append(inp.drop_proj(inp.activation(F.linear(inp.drop_in(v), w, b))))
+        xt, yt = xs
+        core = F.pad(self.core, (0, py, 0, ph, 0, px))  # [t_x + px, H + ph, t_y + py]
+        t = (xt @ core.view(tx + px, (h + ph) * (ty + py))).unflatten(-1, (h + ph, ty + py))
+        z = (t @ yt.unsqueeze(-1)).squeeze(-1) + F.pad(self.core_bias, (0, ph))
+        if self.normalize:
+            z = power_normalize(z)  # the padded features are 0: the norm is unchanged
+        head = self.head
+        out = F.linear(head.drop_pre(z), F.pad(head.linear.weight, (0, ph)), head.linear.bias)
+        return head.drop_out(head.activation(out))
 
     def expected_num_parameters(self) -> int:
         tx, ty = self.projected_dims
@@ -305,6 +347,16 @@ class Tucker(VectorFusion):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, projected_dims={self.projected_dims}"
+
+
+def _half_compute(x: Tensor) -> bool:
+    """Whether ``x``'s GEMMs run in 16 bits: a half dtype, or autocast on for its device."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return True
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: no device argument (CUDA autocast)
+        return x.device.type == "cuda" and torch.is_autocast_enabled()
 
 
 @register_fusion(
@@ -552,6 +604,10 @@ class Block(_ChunkedFusion):
 # BLOCK's VQA sizes on [128, 36, D] rows (2 CPU threads, f+b): 2.6 s at 2^23 against 3.0-3.3 s
 # at 2^20-2^21 and untiled; [128, D] rows fit one tile.
 _TILE_ELEMENTS = 1 << 23
+# on a GPU the tiles only bound memory (256 MB of bf16 terms per modality): smaller ones multiply
+# the kernel launches, and BLOCK at batch 2048 is launch-bound (H200, bf16 f+b: 8.4 ms eager and
+# 3.5 ms as a CUDA graph with 6 tiles of 369 rows, 5.9-6.3 and 2.6 ms in one tile; session 12)
+_TILE_ELEMENTS_CUDA = 1 << 27
 
 
 def _rank_product_sum(rank: int, *args: Tensor, keep: bool = False) -> tuple[Tensor, int, list[Tensor]]:
@@ -561,7 +617,8 @@ def _rank_product_sum(rank: int, *args: Tensor, keep: bool = False) -> tuple[Ten
     c, lead, s_out = ps[0].shape[0], ps[0].shape[1:-1], ws[0].shape[-1]
     p2 = [p.reshape(c, -1, p.shape[-1]) for p in ps]  # [C, N, s_in]
     n = p2[0].shape[1]
-    step = max(1, _TILE_ELEMENTS // max(1, c * s_out))
+    tile = _TILE_ELEMENTS_CUDA if p2[0].is_cuda else _TILE_ELEMENTS
+    step = max(1, tile // max(1, c * s_out))
     zs, tiles = [], []
     for a in range(0, max(n, 1), step):  # an empty batch: one empty tile
         ts = [torch.baddbmm(b.unsqueeze(1), p[:, a : a + step], w) for p, w, b in zip(p2, ws, bs)]

@@ -143,6 +143,36 @@ def test_mcb_sketch_is_the_count_sketch_of_the_outer_product():
     torch.testing.assert_close(f(x, y)[0], torch.tensor(ref, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("m, d, shapes", [(2, 11, [(2, 3, 5), (3, 4)]), (3, 8, [(3, 5), (1, 5), (2, 3, 6)]), (2, 16, [(4, 5), (4, 4)])])
+def test_mcb_closed_form_gradient(m, d, shapes):
+    """The sketch's hand-written backward (a cross-correlation, _CompactBilinear) against gradcheck
+    and against autograd through rfft / irfft, odd and even d, broadcast leading dims."""
+    from mmfuse.fusions.bilinear import _CompactBilinear, _compact_bilinear
+
+    dims = tuple(s[-1] for s in shapes)
+    f = MCB(dims, d, hidden_dim=d, output_linear=False, normalize=False)
+    hs = [t for pair in f.hashes() for t in pair]
+    g = torch.Generator().manual_seed(m * d)
+    xs = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+    with torch.enable_grad():  # the module's fixture runs tests under no_grad
+        assert torch.autograd.gradcheck(lambda *a: _CompactBilinear.apply(d, m, *a, *hs), xs)
+        z = f.sketch(*xs)
+        w = torch.randn(z.shape, generator=g, dtype=torch.float64)
+        got = torch.autograd.grad((z * w).sum(), xs)
+        ref = torch.autograd.grad((_compact_bilinear(d, xs, hs)[0] * w).sum(), xs)
+    for a, b, x in zip(got, ref, xs):
+        assert a.shape == x.shape
+        torch.testing.assert_close(a, b)
+
+
+def test_mcb_gradient_keeps_the_input_dtype():
+    f = MCB((6, 5), 4, hidden_dim=8, dtype=torch.float32)
+    xs = [torch.randn(3, d).to(torch.bfloat16).requires_grad_(True) for d in (6, 5)]
+    with torch.enable_grad():
+        f(*xs).float().sum().backward()
+    assert all(x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all() for x in xs)
+
+
 def _mcb_inner_product_errors(d, seeds, x, y, x2, y2):
     true = float((x @ x2) * (y @ y2))
     est = []
@@ -453,3 +483,50 @@ def test_normalize_has_finite_gradients_at_exact_zeros():
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("activation, normalize", [("tanh", False), ("sigmoid", True), (None, True)])
+@pytest.mark.parametrize("shape", [(4,), (2, 3)])
+def test_tucker_padded_gemms_same_values_and_gradients(activation, normalize, shape, monkeypatch):
+    """The CUDA path that pads t_x, t_o, t_y to aligned widths (run here on the CPU) gives the
+    unpadded values and gradients, parameters included; sigmoid maps the padded features to 0.5,
+    which the core's zero padding must cancel."""
+    f = Tucker((6, 5), 4, hidden_dim=5, projected_dims=(3, 7), activation=activation, normalize=normalize).eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(*shape, d, generator=g, requires_grad=True) for d in (6, 5)]
+
+    def run():
+        f.zero_grad()
+        for x in xs:
+            x.grad = None
+        with torch.enable_grad():
+            out = f(*xs)
+            (out * torch.arange(out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        return out, [x.grad for x in xs], {n: p.grad.clone() for n, p in f.named_parameters()}
+
+    ref = run()
+    monkeypatch.setattr(Tucker, "force_padding", True)
+    padded, calls = Tucker._padded, []
+
+    def spy(self, *a):
+        calls.append(1)
+        return padded(self, *a)
+
+    monkeypatch.setattr(Tucker, "_padded", spy)
+    got = run()
+    assert calls  # the padded path ran
+    torch.testing.assert_close(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b)
+    for n in ref[2]:
+        assert got[2][n].shape == ref[2][n].shape, n
+        torch.testing.assert_close(got[2][n], ref[2][n], msg=n)
+
+
+def test_tucker_pads_only_for_16_bit_compute():
+    from mmfuse.fusions.factorized import _half_compute
+
+    assert not _half_compute(torch.zeros(2, dtype=torch.float32))
+    assert _half_compute(torch.zeros(2, dtype=torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _half_compute(torch.zeros(2, dtype=torch.float32))

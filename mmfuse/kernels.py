@@ -1,0 +1,159 @@
+"""Fused GPU kernels (Triton) for the elementwise tails of the bilinear fusions.
+
+:func:`mmfuse.functional.power_normalize` (signed square root, then L2 over the last dim) is the
+tail of MCB, MFB, MFH, BLOCK and BLOCK-Tucker. Written with torch ops, its forward is 7 kernels and
+its backward about 15, each a full pass over the tensor; on MCB's ``[2048, 16000]`` float32
+sketch that is most of the step (docs/BENCHMARKS.md). :class:`PowerNormalize` does it in one
+kernel each way, one program per row: the forward reads the row twice (the norm, then the
+output) and writes it once; the backward recomputes the output from the input and the saved norm,
+so it reads ``x`` and the incoming gradient twice and writes the input's gradient once.
+
+It is used for CUDA tensors when Triton imports (it ships with PyTorch's CUDA wheels) and
+``MMFUSE_TRITON`` is not ``0``; everything else takes the torch-op path, whose values it matches
+(tests/test_kernels.py; on a CPU those tests run the kernels in Triton's interpreter,
+``TRITON_INTERPRET=1``, where Triton is installed).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+
+@lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True where Triton imports and ``MMFUSE_TRITON`` is not ``"0"``."""
+    if os.environ.get("MMFUSE_TRITON", "1") == "0":
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # not installed, or broken for this platform
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    """True when Triton runs its kernels on the CPU (``TRITON_INTERPRET=1``), for tests."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_kernels(x: Tensor) -> bool:
+    """Whether the fused kernels run for ``x``: CUDA (or the interpreter), float, Triton present."""
+    return (x.is_cuda or interpreting()) and x.is_floating_point() and x.dtype != torch.float64 and triton_available()
+
+
+@lru_cache(maxsize=None)
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def pn_forward(X, Y, NORM, D, stride_x, eps, eps_norm, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        x_row, y_row = X + row * stride_x, Y + row * D
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(x_row + cols, mask=cols < D, other=0.0).to(tl.float32)
+            s = x * tl.rsqrt(tl.maximum(tl.abs(x), eps))
+            acc += s * s
+        norm = tl.sqrt(tl.sum(acc, axis=0))
+        tl.store(NORM + row, norm)
+        inv = 1.0 / tl.maximum(norm, eps_norm)
+        for start in range(0, D, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < D
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+            s = x * tl.rsqrt(tl.maximum(tl.abs(x), eps))
+            tl.store(y_row + cols, (s * inv).to(Y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def pn_backward(X, G, NORM, DX, D, stride_x, stride_g, eps, eps_norm, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        x_row, g_row, dx_row = X + row * stride_x, G + row * stride_g, DX + row * D
+        norm = tl.load(NORM + row)
+        inv = 1.0 / tl.maximum(norm, eps_norm)
+        # <g, y>, where the norm is above its floor (below it, y = s / eps_norm is linear in s)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < D
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + cols, mask=mask, other=0.0).to(tl.float32)
+            acc += g * x * tl.rsqrt(tl.maximum(tl.abs(x), eps))
+        dot = tl.sum(acc, axis=0) * inv
+        dot = tl.where(norm >= eps_norm, dot, 0.0)
+        for start in range(0, D, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < D
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + cols, mask=mask, other=0.0).to(tl.float32)
+            ax = tl.abs(x)
+            r = tl.rsqrt(tl.maximum(ax, eps))
+            ds = (g - x * r * inv * dot) * inv  # d/ds of s / max(||s||, eps_norm)
+            dx = ds * r * tl.where(ax >= eps, 0.5, 1.0)  # d/dx of x * rsqrt(max(|x|, eps))
+            tl.store(dx_row + cols, dx.to(DX.dtype.element_ty), mask=mask)
+
+    return pn_forward, pn_backward
+
+
+def _block(d: int) -> int:
+    """Columns per step of a row's loop: the row in one step up to 4096, else 4096 at a time."""
+    b = 16
+    while b < d and b < 4096:
+        b *= 2
+    return b
+
+
+def _rows(x: Tensor) -> Tensor:
+    """``x`` as a 2-D [rows, D] tensor whose rows are contiguous, a view where the strides allow
+    (e.g. a column slice of a wider tensor, as the gradient of one part of a ``cat``), else a copy."""
+    d = x.shape[-1]
+    if x.numel() == 0:
+        return x.reshape(0, max(d, 1))
+    if x.stride(-1) == 1 or d == 1:
+        try:
+            x2 = x.view(-1, d)
+            if x2.stride(1) == 1 or d == 1:
+                return x2
+        except RuntimeError:  # leading dims that do not flatten into one stride
+            pass
+    return x.contiguous().view(-1, d)
+
+
+class PowerNormalize(torch.autograd.Function):
+    """``l2_normalize(signed_sqrt(x, eps), eps_norm)`` over the last dim, one kernel each way.
+
+    Same values and gradients as :func:`mmfuse.functional.power_normalize`'s torch ops, computed
+    in float32 and returned in ``x``'s dtype. Saves ``x`` and the per-row norm.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float, eps_norm: float) -> Tensor:
+        fwd, _ = _kernels()
+        x2 = _rows(x)
+        y = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
+        norm = torch.empty(x2.shape[0], device=x.device, dtype=torch.float32)
+        if x2.shape[0] and x2.shape[1]:
+            fwd[(x2.shape[0],)](x2, y, norm, x2.shape[1], x2.stride(0), eps, eps_norm, BLOCK=_block(x2.shape[1]))
+        ctx.save_for_backward(x2, norm)
+        ctx.eps, ctx.eps_norm, ctx.shape = eps, eps_norm, x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        _, bwd = _kernels()
+        x2, norm = ctx.saved_tensors
+        g2 = _rows(grad)
+        dx = torch.empty(x2.shape, device=x2.device, dtype=x2.dtype)
+        if x2.shape[0] and x2.shape[1]:
+            bwd[(x2.shape[0],)](
+                x2, g2, norm, dx, x2.shape[1], x2.stride(0), g2.stride(0), ctx.eps, ctx.eps_norm,
+                BLOCK=_block(x2.shape[1]),
+            )
+        return dx.view(ctx.shape), None, None

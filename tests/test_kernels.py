@@ -1,0 +1,167 @@
+"""The fused Triton kernels (mmfuse/kernels.py) against the torch ops they replace.
+
+They run on CUDA; on a CPU they run in Triton's interpreter when Triton is installed (set
+``TRITON_INTERPRET=1`` before starting pytest); without either the tests skip. The dispatch test
+runs everywhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmfuse
+import mmfuse.functional as Fn
+from mmfuse import kernels
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+needs_kernels = pytest.mark.skipif(
+    not (kernels.triton_available() and (CUDA or kernels.interpreting())),
+    reason="needs Triton and CUDA, or Triton's interpreter (TRITON_INTERPRET=1)",
+)
+
+
+def torch_power_normalize(x, eps=1e-12):
+    return Fn.l2_normalize(Fn.signed_sqrt(x, eps), eps)
+
+
+def _compare(x: torch.Tensor, rtol: float, atol: float):
+    a = x.detach().clone().requires_grad_(True)
+    b = x.detach().clone().requires_grad_(True)
+    ya = kernels.PowerNormalize.apply(a, 1e-12, 1e-12)
+    yb = torch_power_normalize(b)
+    assert ya.dtype == x.dtype and ya.shape == x.shape
+    torch.testing.assert_close(ya, yb, rtol=rtol, atol=atol)
+    g = torch.randn_like(yb)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    assert a.grad.dtype == x.dtype
+    # the gradient is about 1/sqrt(|x|): compare relative to each row's scale
+    scale = b.grad.float().abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    diff = (a.grad.float() - b.grad.float()).abs() / scale
+    assert diff.max().item() < (1e-4 if x.dtype == torch.float32 else 3e-2), diff.max().item()
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 300), (4, 5000), (2, 17, 89)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_power_normalize_matches_torch(shape, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, device=DEVICE).to(dtype)
+    x.view(-1)[0] = 0.0  # an exact zero: the linearised root
+    x.view(-1)[1] = 1e-14
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=4e-3)
+    _compare(x, **tol)
+
+
+@needs_kernels
+def test_power_normalize_zero_rows_and_empty():
+    x = torch.zeros(3, 6, device=DEVICE)
+    x[1] = torch.randn(6)
+    _compare(x, rtol=1e-5, atol=1e-6)  # an all-zero row: the norm's floor, gradient g / eps
+    e = torch.zeros(2, 0, 3, device=DEVICE, requires_grad=True)
+    y = kernels.PowerNormalize.apply(e, 1e-12, 1e-12)
+    assert y.shape == e.shape
+    y.sum().backward()
+    assert e.grad.shape == e.shape
+
+
+@needs_kernels
+def test_power_normalize_non_contiguous_input():
+    x = torch.randn(40, 6, device=DEVICE).t()  # [6, 40], stride (1, 6)
+    _compare(x, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
+def test_power_normalize_strided_rows_in_and_out():
+    """Rows that are column slices of a wider tensor (read in place, through a row stride), and a
+    gradient that arrives as such a slice (the backward of a ``cat``)."""
+    torch.manual_seed(1)
+    base = torch.randn(4, 5, 20, device=DEVICE)
+    ba = base.clone().requires_grad_(True)
+    bb = base.clone().requires_grad_(True)
+    a, b = ba[..., 2:11], bb[..., 2:11]  # rows 9 wide, 20 apart
+    assert not a.is_contiguous() and kernels._rows(a).data_ptr() == a.data_ptr()  # read in place
+    ya = kernels.PowerNormalize.apply(a, 1e-12, 1e-12)
+    yb = torch_power_normalize(b)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    w = torch.randn(4, 5, 16, device=DEVICE)
+    (torch.cat([ya, a[..., :7]], -1) * w).sum().backward()
+    (torch.cat([yb, b[..., :7]], -1) * w).sum().backward()
+    torch.testing.assert_close(ba.grad, bb.grad, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["mcb", "mfh", "block"])
+def test_fusions_same_with_and_without_kernels(name, monkeypatch):
+    kw = dict(mmfuse.fusion_info(name).tiny)
+    torch.manual_seed(0)
+    m = mmfuse.create_fusion(name, in_dims=(12, 10), out_dim=6, **kw).to(DEVICE).eval()
+    xs = [torch.randn(5, d, device=DEVICE, requires_grad=True) for d in (12, 10)]
+    out = m(*xs)
+    out.square().sum().backward()
+    grads = [x.grad.clone() for x in xs]
+    monkeypatch.setattr(Fn, "use_kernels", lambda x: False)
+    for x in xs:
+        x.grad = None
+    ref = m(*xs)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for g, x in zip(grads, xs):
+        torch.testing.assert_close(g, x.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_dispatch(monkeypatch):
+    """float64 and CPU tensors (outside the interpreter) take the torch ops; MMFUSE_TRITON=0 turns
+    the kernels off."""
+    assert not kernels.use_kernels(torch.zeros(2, device=DEVICE, dtype=torch.float64))
+    if not kernels.interpreting():
+        assert not kernels.use_kernels(torch.zeros(2))
+    monkeypatch.setenv("MMFUSE_TRITON", "0")
+    kernels.triton_available.cache_clear()
+    try:
+        assert not kernels.use_kernels(torch.zeros(2, device=DEVICE))
+    finally:
+        monkeypatch.delenv("MMFUSE_TRITON")
+        kernels.triton_available.cache_clear()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("mcb", {"hidden_dim": 16}),
+        ("tucker", {"hidden_dim": 5, "projected_dims": (3, 7), "normalize": True}),  # the padded GEMMs
+        ("block", {"hidden_dim": 10, "chunks": 3, "rank": 2}),
+        ("mfh", {"hidden_dim": 4, "factor": 3}),
+    ],
+)
+def test_cuda_paths_match_the_cpu(name, kw, monkeypatch):
+    """The CUDA-only paths (Triton power-normalize, Tucker's padded GEMMs, BLOCK's GPU tiles) give
+    the CPU's values and gradients, in float32 with TF32 off (Tucker pads for 16-bit GEMMs only,
+    so it is forced here)."""
+    from mmfuse.fusions import Tucker
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(Tucker, "gemm_alignment", 8)
+    if name == "tucker":
+        monkeypatch.setattr(Tucker, "force_padding", True)
+    torch.manual_seed(0)
+    cpu = mmfuse.create_fusion(name, in_dims=(12, 10), out_dim=6, **kw).eval()
+    gpu = mmfuse.create_fusion(name, in_dims=(12, 10), out_dim=6, **kw).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.cuda()
+    outs = []
+    for m, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        g = torch.Generator().manual_seed(1)
+        xs = [torch.randn(2, 5, d, generator=g).to(dev).requires_grad_(True) for d in (12, 10)]
+        out = m(*xs)
+        (out * torch.linspace(-1, 1, out.numel(), device=dev).view(out.shape)).sum().backward()
+        outs.append((out.detach().cpu(), [x.grad.cpu() for x in xs], {n: p.grad.cpu() for n, p in m.named_parameters()}))
+    (o1, g1, p1), (o2, g2, p2) = outs
+    torch.testing.assert_close(o2, o1, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    for n in p1:
+        torch.testing.assert_close(p2[n], p1[n], rtol=1e-3, atol=1e-4, msg=n)
