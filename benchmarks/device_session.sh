@@ -12,7 +12,8 @@
 #   fusions          benchmarks/fusions.py on CUDA, float32 at batch 128, 2-D and 3-D,
 #                    block.bootstrap side by side when importable (issue 3)            default   70
 #   fusions_bf16     the same at batch 2048 (2-D), bf16 autocast, against a square GEMM
-#                    of the same weight count, block side by side (issue 3's GPU target) default 70
+#                    of the same weight count, block side by side, eager and as CUDA-graph
+#                    replays (issue 3's GPU target)                                    default 70
 #   fusions_compile  batch 2048, bf16, torch.compile column (mmfuse only; compiling is
 #                    slow, so the rows it reaches in its cap)                         default  110
 #   attention        benchmarks/attention.py on CUDA: K 36 and 100, float32 and bf16
@@ -26,6 +27,9 @@
 #   profile          benchmarks/profile_fusions.py: MFH, BLOCK, Tucker, MCB (issue 3's misses)
 #                    and MLB at batch 2048, bf16: eager vs CUDA-graph time, kernels, GEMM
 #                    share, top kernels, against the square GEMM: why they miss             120
+#   ablations        benchmarks/gpu_ablations.py: each of session 12's GPU fixes (MCB's
+#                    closed-form backward, Tucker's aligned GEMMs, BLOCK's GPU tile, the
+#                    Triton power-normalize) against the code it replaced, eager and graph       120
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
 #                    resumable part; run it again to continue (issue 7)                         420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
@@ -73,23 +77,25 @@ copy() { [ -f "$1" ] && cp "$1" "$OUT/$2"; }
 
 if [ "$SMOKE" = 1 ]; then
     F32=(--fusions "mlb,block" --batch 8 --repeat 1 --rounds 1)
-    BF16=(--fusions "mlb,block" --batch 8 --repeat 1 --rounds 1 --no-block)
+    BF16=(--fusions "mlb,block" --batch 8 --repeat 1 --rounds 1 --no-block --cuda-graph)
     COMPILE=(--fusions "mlb" --batch 8 --repeat 1 --rounds 1 --no-block --shapes 2d)
     ATT=(--fusions "san,ban" --quick)
     RUN=(--epochs 1 --n-train 40)
     PIX=(--only lxmert --epochs 1 --n-train 40)
     PROFILE=(--fusions "mlb" --batch 8 --repeat 1 --steps 1 --top 3)
+    ABL=(--batch 8 --repeat 1)
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
     LB_SOC=(--fusions "concat,san" --seeds 1 --n-train 40 --epochs 1)
 else
     F32=(--batch 128 --rounds 3 --repeat 5)
-    BF16=(--batch 2048 --shapes 2d --autocast bf16 --square-baseline --rounds 3 --repeat 5)
+    BF16=(--batch 2048 --shapes 2d --autocast bf16 --square-baseline --cuda-graph --rounds 3 --repeat 5)
     COMPILE=(--fusions "mlb,mfh,mutan,block,tucker,block_tucker,mcb,mfb" --batch 2048 --shapes 2d --autocast bf16 --compile --no-block --rounds 1 --repeat 5)
     ATT=(--no-compile)
     RUN=(--train.max_minutes 0.5)
     PIX=(--only lxmert --train.max_minutes 2)
     PROFILE=()
-    LB=(--seeds 3 --max-minutes 6)  # ends cleanly inside its cap; rerun the part to continue
+    ABL=()
+    LB=(--seeds 3 --max-minutes "${LB_MINUTES:-6}")  # ends cleanly inside its cap; rerun the part to continue
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
 fi
 MICRO_EXTRA=()
@@ -128,6 +134,10 @@ run_part() {
             part profile 120 "$PY" benchmarks/profile_fusions.py --device "$DEVICE" "${PROFILE[@]}" --json "$WORK/profile.json"
             copy "$WORK/profile.json" profile.json
             ;;
+        ablations)
+            part ablations 120 "$PY" benchmarks/gpu_ablations.py --device "$DEVICE" "${ABL[@]}" --json "$WORK/gpu_ablations.json"
+            copy "$WORK/gpu_ablations.json" gpu_ablations.json
+            ;;
         leaderboard)
             part leaderboard 420 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/leaderboard" "${LB[@]}"
             copy "$WORK/leaderboard/leaderboard.md" leaderboard.md
@@ -138,7 +148,7 @@ run_part() {
             copy "$WORK/leaderboard_soc/leaderboard.md" leaderboard_soc.md
             ;;
         *)
-            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile leaderboard leaderboard_soc)" | tee -a "$LOG"
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile ablations leaderboard leaderboard_soc)" | tee -a "$LOG"
             return 2
             ;;
     esac

@@ -8,6 +8,7 @@ configurations and the block.bootstrap comparison.
     python benchmarks/fusions.py                        # CPU, 2 threads, float32, 2-D and 3-D inputs
     python benchmarks/fusions.py --fusions "mf*" --shapes 2d --repeat 20
     python benchmarks/fusions.py --device cuda --batch 2048 --autocast bf16 --compile --square-baseline
+    python benchmarks/fusions.py --device cuda --batch 2048 --shapes 2d --autocast bf16 --square-baseline --cuda-graph
 
 Configurations are block.bootstrap's VQA2 ones (in_dims (2400, 2048), out_dim 3000, batch 128):
 MLB hidden 1200; MFB hidden 1000 factor 5; MFH hidden 340 factor 5; MUTAN hidden 700 rank 10;
@@ -20,7 +21,10 @@ Columns: ``fwd`` forward under no_grad, ``f+b`` forward + backward of ``out.sum(
 in ms; ``x blk`` = block's time / mmfuse's (>= 1.0: mmfuse is faster); ``gemm`` = the same
 GEMMs (shapes and layouts recorded from one forward + backward) timed alone; ``/gemm`` =
 f+b / gemm; ``peak MB`` = peak extra memory of one forward + backward (CPU: resident set
-measured in a fresh process; CUDA: max_memory_allocated).
+measured in a fresh process; CUDA: max_memory_allocated). With ``--cuda-graph``, ``graph f+b``
+is the same forward + backward captured once and replayed as a CUDA graph: the GPU's own time,
+without the host's per-operator launch cost, which dominates small steps in eager mode
+(docs/BENCHMARKS.md); ``graph / square graph`` is its ratio to the square GEMM's graph.
 """
 
 from __future__ import annotations
@@ -206,6 +210,13 @@ class Row:
     note: str = ""
 
 
+def _graph(module, xs, list_input: bool, args, device) -> float | None:
+    """Median ms of one forward + backward replayed as a CUDA graph (None off CUDA)."""
+    _, fb = micro.runners(module, xs, list_input=list_input, autocast=args.autocast, device=device,
+                          autocast_cache=False)
+    return micro.cuda_graph_ms(fb, device, args.repeat)
+
+
 def measure(name: str, shape: str, args, device, dtype) -> Row:
     cfg = CONFIGS[name]
     torch.manual_seed(0)
@@ -242,6 +253,11 @@ def measure(name: str, shape: str, args, device, dtype) -> Row:
         cm = torch.compile(m)
         _, cfb = _runner(cm, xs, False, args.autocast, device)
         row.extra["compiled f+b"] = _time(cfb, device, args.repeat, warmup=3)
+    if args.cuda_graph:
+        # the same forward + backward replayed as one CUDA graph: the GPU's time without the host's
+        row.extra["graph f+b"] = _graph(m, xs, False, args, device)
+        if b is not None:
+            row.extra["block graph f+b"] = _graph(b, bxs, True, args, device)
     if args.square_baseline:
         # one square Linear with the fusion's weight count, same rows and dtype
         side = int(row.params**0.5)
@@ -253,6 +269,12 @@ def measure(name: str, shape: str, args, device, dtype) -> Row:
         if b is not None:
             row.extra["block / square"] = row.block_fb / row.extra["square GEMM f+b"]
         row.extra["mmfuse / square"] = row.fb / row.extra["square GEMM f+b"]
+        square_graph = _graph(lin, [sx], False, args, device) if args.cuda_graph else None
+        if square_graph:
+            row.extra["square graph f+b"] = square_graph
+            for key, impl in (("graph / square graph", "graph f+b"), ("block graph / square graph", "block graph f+b")):
+                if row.extra.get(impl):
+                    row.extra[key] = row.extra[impl] / square_graph
     if args.memory:
         if device.type == "cuda":
             for impl, (mod, f) in {"mmfuse": (m, fb), "block": (b, bfb if b is not None else None)}.items():
@@ -296,6 +318,8 @@ def main(argv=None) -> int:
     p.add_argument("--autocast", choices=("bf16",), default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--square-baseline", action="store_true")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time f+b replayed as a CUDA graph (mmfuse, block, the square GEMM)")
     p.add_argument("--no-block", dest="block", action="store_false")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--json", help="also write the rows here")

@@ -52,27 +52,6 @@ def step_fn(module: torch.nn.Module, xs: list[torch.Tensor], autocast: bool, dev
     return step
 
 
-def graph_ms(step, device: torch.device, repeat: int) -> float | None:
-    """Median ms of ``step`` replayed as a CUDA graph (gradients accumulate into the buffers the
-    warm-up made); None off CUDA or where the step cannot be captured."""
-    if device.type != "cuda":
-        return None
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-    except Exception as e:  # e.g. an op that syncs with the host
-        print(f"  (no CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:120]})")
-        return None
-    return micro.time_ms(graph.replay, device, repeat)
-
-
 def kernel_profile(step, device: torch.device, steps: int) -> tuple[list[dict[str, Any]], int, float, float]:
     """``(top rows, kernels per step, device ms per step, GEMM ms per step)`` over ``steps`` steps.
 
@@ -114,7 +93,7 @@ def measure(name: str, module: torch.nn.Module, xs: list[torch.Tensor], args, de
     eager = micro.time_ms(step, device, args.repeat, warmup=3)
     table, calls, total, gemm = kernel_profile(step, device, args.steps)
     return {"fusion": name, "params": sum(p.numel() for p in module.parameters()), "eager ms": eager,
-            "graph ms": graph_ms(step, device, args.repeat), "kernels": calls, "kernel ms": total,
+            "graph ms": micro.cuda_graph_ms(step, device, args.repeat), "kernels": calls, "kernel ms": total,
             "GEMM ms": gemm, "top": table[: args.top]}
 
 

@@ -84,8 +84,29 @@ def time_ms(fn: Callable[[], Any], device: torch.device, repeat: int, warmup: in
     return statistics.median(times) * 1e3
 
 
+def cuda_graph_ms(step, device: torch.device, repeat: int) -> float | None:
+    """Median ms of ``step`` replayed as a CUDA graph (gradients accumulate into the buffers the
+    warm-up made); None off CUDA or where the step cannot be captured."""
+    if device.type != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as e:  # e.g. an op that syncs with the host
+        print(f"  (no CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        return None
+    return time_ms(graph.replay, device, repeat)
+
+
 def runners(module, xs: Sequence[Any], *, list_input: bool = False, autocast: str | None = None,
-            device: torch.device | None = None, attention: bool = False):
+            device: torch.device | None = None, attention: bool = False, autocast_cache: bool = True):
     """``(fwd, fwd_bwd)`` callables: forward under no_grad; forward + backward of ``out.sum()``.
 
     Args:
@@ -94,9 +115,14 @@ def runners(module, xs: Sequence[Any], *, list_input: bool = False, autocast: st
         list_input: call ``module([x0, x1])`` (block.bootstrap's modules) instead of ``module(x0, x1)``.
         autocast: ``"bf16"``: run under ``torch.autocast(device.type, torch.bfloat16)``.
         attention: ``xs`` are attention inputs; the output's ``fused`` is summed.
+        autocast_cache: autocast's cache of cast weights (off for a step captured as a CUDA graph).
     """
     device = device or xs[0].device
-    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast == "bf16" else None
+    ctx = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=autocast_cache))
+        if autocast == "bf16"
+        else None
+    )
 
     def raw():
         if attention:

@@ -77,3 +77,13 @@ def test_profile_part_writes_the_kernel_table(tmp_path):
 
     (row,) = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert row["fusion"] == "mlb" and row["square"]["params"] <= row["params"] and r.returncode == 0
+
+
+def test_ablations_part_writes_its_rows(tmp_path):
+    r = _run(tmp_path, "ablations")
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert "== ablations: rc 0" in log, log[-2000:]
+    import json
+
+    rows = json.loads((tmp_path / "out" / "gpu_ablations.json").read_text())
+    assert {r["fusion"] for r in rows} == {"mcb", "tucker", "block", "mfh", "mfb", "block_tucker"} and r.returncode == 0
