@@ -30,8 +30,9 @@
 #   ablations        benchmarks/gpu_ablations.py: each of session 12's GPU fixes (MCB's
 #                    closed-form backward, Tucker's aligned GEMMs, BLOCK's GPU tile, the
 #                    Triton power-normalize) against the code it replaced, eager and graph       120
-#   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6: a
-#                    resumable part; run it again to continue (issue 7)                         420
+#   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6,
+#                    --workers 8 (LB_WORKERS): a resumable part; run it again to continue
+#                    (issue 7)                                                                  420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
 #                    most attention fusions sit at the answer prior through 8 epochs,
 #                    docs/BENCHMARKS.md), 3 seeds, --max-minutes 6, resumable (issue 7)        420
@@ -95,7 +96,9 @@ else
     PIX=(--only lxmert --train.max_minutes 2)
     PROFILE=()
     ABL=()
-    LB=(--seeds 3 --max-minutes "${LB_MINUTES:-6}")  # ends cleanly inside its cap; rerun the part to continue
+    # ends cleanly inside its cap; rerun the part to continue. --workers: 8 fusions at a time on the
+    # 16-core host (session 12: one at a time made 11 entries in 151 s, 406 left)
+    LB=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}")
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
 fi
 MICRO_EXTRA=()

@@ -69,6 +69,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     # mmfuse.models.task.INPUT_NORMS, spelt out so that building the parser imports no torch
     lb.add_argument("--input-norm", choices=("none", "layer"), default="none",
                     help="layer: a LayerNorm on every input's encoder outputs, for every fusion (use its own --out)")
+    lb.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                    help="train N fusions at a time, one process each (cores / N threads each), then merge "
+                    "them into --out; train s and latency are then measured with N sharing the machine")
     lb.set_defaults(func=run_bench)
 
     fu = bench.add_parser("fusions", help="micro-benchmark of every registered fusion (params, time, memory)",
@@ -107,15 +110,45 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import run_leaderboard_bench
 
     budget = {"epochs": args.epochs} if args.epochs else {"steps": args.steps} if args.steps else None
+    parallel = args.workers > 1
+    if parallel:
+        import time
+
+        from .leaderboard import DEFAULT_TASKS, QUICK, task_datamodule
+        from .workers import run_workers
+
+        if args.out is None:
+            args.out = f"runs/leaderboard-{time.strftime('%Y%m%d-%H%M%S')}"
+        for t in tasks or (QUICK["tasks"] if args.quick else DEFAULT_TASKS):  # the data, once, before the workers
+            quick_n = (QUICK["n_train"], QUICK["n_test"]) if args.quick else (None, None)
+            task_datamodule(t, budget=budget, n_train=args.n_train or quick_n[0], n_test=args.n_test or quick_n[1],
+                            input_norm=args.input_norm)
+        run_workers(args.fusions, args.workers, args.out, _worker_args(args, tasks), max_minutes=args.max_minutes)
     result = run_leaderboard_bench(
         tasks, args.fusions, seeds=args.seeds, budget=budget, out_dir=args.out, quick=args.quick,
         robustness=args.robustness, robustness_baseline=args.robustness_baseline, n_train=args.n_train, n_test=args.n_test, device=args.device, plots=args.plots,
-        max_minutes=args.max_minutes, input_norm=args.input_norm,
+        max_minutes=args.max_minutes, input_norm=args.input_norm, train_missing=not parallel,
     )
     print("\n" + result.markdown)
     print(f"results: {result.out_dir}/leaderboard.md, leaderboard.csv, results.json"
           + (f", {len(result.plots)} plots in {result.out_dir}/plots" if result.plots else ""))
     return 0
+
+
+def _worker_args(args: argparse.Namespace, tasks: list[str] | None) -> list[str]:
+    """The leaderboard arguments every ``--workers`` process gets as they are."""
+    out: list[str] = []
+    if tasks:
+        out += ["--tasks", *tasks]
+    for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--steps", args.steps),
+                        ("--n-train", args.n_train), ("--n-test", args.n_test), ("--device", args.device)):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.quick:
+        out.append("--quick")
+    if args.robustness:
+        out += ["--robustness", "--robustness-baseline", args.robustness_baseline]
+    return out + ["--input-norm", args.input_norm]
 
 
 def _fusions(args: argparse.Namespace) -> int:

@@ -709,6 +709,20 @@ def _probe(config: Mapping[str, Any], datamodule) -> str | None:
     return None
 
 
+def task_datamodule(task: str | Task, *, budget=None, n_train: int | None = None, n_test: int | None = None,
+                    input_norm: str = "none"):
+    """The set-up data module of ``task`` at these sizes (generated, or read from its cache)."""
+    from ..train.config import load_config
+    from ..train.data import build_datamodule
+
+    task = TASKS[task] if isinstance(task, str) else task
+    base = load_config(task_config(task, "concat", seed=0, budget=budget, n_train=n_train, n_test=n_test,
+                                   input_norm=input_norm))
+    datamodule = build_datamodule(base["data"])
+    datamodule.setup()
+    return datamodule
+
+
 def run_leaderboard_bench(
     tasks: Sequence[str] | None = None,
     fusions_pattern: str = "*",
@@ -727,6 +741,7 @@ def run_leaderboard_bench(
     max_minutes: float | None = None,
     input_norm: str = "none",
     train_fn: Callable[..., Any] | None = None,
+    train_missing: bool = True,
     log: Callable[[str], None] = print,
 ) -> LeaderboardResult:
     """Train every fusion matching ``fusions_pattern`` on every task, write the leaderboard.
@@ -752,6 +767,9 @@ def run_leaderboard_bench(
         input_norm: ``"layer"``: a LayerNorm on every input's encoder outputs, for every entry
             (:func:`task_config`); it changes the entries' configs, so use its own ``out_dir``.
         train_fn: the trainer (default :func:`mmfuse.train.train`); tests pass a counting wrapper.
+        train_missing: ``False``: train nothing, only write the tables and plots of what
+            ``results.json`` holds (``--workers`` does this after merging its workers); the entries
+            missing are counted in ``LeaderboardResult.left``.
         log: progress lines.
 
     Returns:
@@ -763,7 +781,6 @@ def run_leaderboard_bench(
     from ..train import load as load_model
     from ..train import train as default_train
     from ..train.config import load_config
-    from ..train.data import build_datamodule
     from .robustness import NOISE_LEVELS, evaluate_robustness
 
     if quick:
@@ -799,10 +816,7 @@ def run_leaderboard_bench(
 
     for task_name in tasks:
         task = TASKS[task_name]
-        base = load_config(task_config(task, "concat", seed=0, budget=budget, n_train=n_train, n_test=n_test,
-                                       input_norm=input_norm))
-        datamodule = build_datamodule(base["data"])
-        datamodule.setup()
+        datamodule = task_datamodule(task, budget=budget, n_train=n_train, n_test=n_test, input_norm=input_norm)
         qtype_names = qtype_names or list(datamodule.info.get("qtype_names") or [])
         target_key = datamodule.info["target_key"]
         for fusion in names:
@@ -832,7 +846,9 @@ def run_leaderboard_bench(
                 if old is not None and old.get("digest") == digest and (not robustness or have_rob):
                     log(f"[{key}] done: accuracy {100 * (old.get('accuracy') or 0):.1f}%")
                     continue
-                if max_minutes is not None and out_of_time(time.monotonic() - start, longest, max_minutes):
+                if not train_missing or (
+                    max_minutes is not None and out_of_time(time.monotonic() - start, longest, max_minutes)
+                ):
                     left += 1
                     continue
                 entry_start = time.monotonic()
@@ -892,7 +908,16 @@ def run_leaderboard_bench(
     skip_now = {k: v for k, v in skipped.items() if tuple(k.split("/", 1)) in wanted}
     qn = qtype_names or ["shape", "left", "top", "closest", "furthest", "count"]
     markdown = format_markdown(rows, skip_now, qn)
-    if left:
+    shared = sorted({int(e.get("workers", 1)) for e in chosen if int(e.get("workers", 1)) > 1})
+    if shared:
+        markdown += (f"\nEntries trained with --workers {'/'.join(map(str, shared))} shared the machine with the "
+                     "other workers: their train s and latency ms are slower than alone; accuracies are not "
+                     "affected.\n")
+    if left and not train_missing:
+        markdown += (f"\n{left} entries not trained (a worker stopped at the time limit or failed: see "
+                     "workers/*.log); the same command run again continues with them.\n")
+        log(f"{left} entries left, rerun to continue")
+    elif left:
         markdown += (f"\nStopped at the time limit ({max_minutes:g} min): {left} entries left; the same command "
                      "run again continues with them.\n")
         log(f"time limit ({max_minutes:g} min): {left} entries left, rerun to continue")

@@ -1,0 +1,95 @@
+"""``mmfuse bench leaderboard --workers N`` (mmfuse/bench/workers.py): one process per fusion,
+N at a time, merged into one run folder; resumable; the time limit; the worker's command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmfuse.bench import leaderboard as lb
+from mmfuse.bench import workers as wk
+from mmfuse.cli import main as cli_main
+
+ARGS = ["--tasks", "interactions_o1", "--seeds", "1", "--epochs", "1", "--n-train", "300", "--n-test", "120",
+        "--device", "cpu", "--no-plots"]
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_two_workers_train_merge_and_resume(tmp_path, capsys):
+    out = tmp_path / "lb"
+    assert cli_main(["bench", "leaderboard", "--fusions", "concat,lmf,san", "--workers", "2", "--out", str(out),
+                     *ARGS]) == 0
+    text = capsys.readouterr().out
+    entries = _results(out)["entries"]
+    assert set(entries) == {"interactions_o1/concat/seed0", "interactions_o1/lmf/seed0"}
+    assert all(e["workers"] == 2 for e in entries.values())
+    assert "interactions_o1/san" in _results(out)["skipped"]  # san needs sequences: skipped by its worker
+    for name in ("concat", "lmf", "san"):  # one folder and one log per fusion
+        assert (out / "workers" / name / "results.json").is_file() and (out / "workers" / f"{name}.log").is_file()
+    assert "| concat |" in text and "| lmf |" in text and "shared the machine with the other workers" in text
+    table = (out / "leaderboard.md").read_text()
+    assert "| concat |" in table and "entries not trained" not in table
+    # a rerun trains nothing: every worker finds its entries done
+    stamp = {k: v["train_s"] for k, v in entries.items()}
+    assert cli_main(["bench", "leaderboard", "--fusions", "concat,lmf,san", "--workers", "2", "--out", str(out),
+                     *ARGS]) == 0
+    assert {k: v["train_s"] for k, v in _results(out)["entries"].items()} == stamp
+    assert "] done: accuracy" in (out / "workers" / "lmf.log").read_text().split("training")[-1]
+
+
+def test_workers_never_retrain_what_the_run_folder_holds(tmp_path):
+    """A single-process run's entries are copied into each worker's folder before it starts."""
+    out = tmp_path / "lb"
+    out.mkdir()
+    entry = {"task": "interactions_o1", "fusion": "lmf", "seed": 0, "digest": "d1", "train_s": 1.0}
+    state = {"format": lb.FORMAT, "entries": {"interactions_o1/lmf/seed0": entry,
+                                              "interactions_o1/concat/seed0": {**entry, "fusion": "concat"}},
+             "skipped": {"interactions_o1/san": "needs sequences"}}
+    (out / "results.json").write_text(json.dumps(state))
+    folder = wk._seed_worker(out, "lmf")
+    mine = _results(folder)
+    assert set(mine["entries"]) == {"interactions_o1/lmf/seed0"} and mine["skipped"] == {}
+    assert wk._seed_worker(out, "san").joinpath("results.json").is_file()
+    assert _results(out / "workers" / "san")["skipped"] == {"interactions_o1/san": "needs sequences"}
+
+
+def test_time_limit_and_command_line(tmp_path):
+    lines: list[str] = []
+    res = wk.run_workers("concat,lmf", 2, tmp_path, ["--tasks", "interactions_o1"], max_minutes=0, log=lines.append)
+    assert res["started"] == [] and sorted(res["not_started"]) == ["concat", "lmf"]
+    assert "2 fusions not started" in lines[-1]
+    cmd = wk.worker_command("mlb", tmp_path, ["--seeds", "2"], 1.5)
+    assert cmd[:5] == [sys.executable, "-m", "mmfuse", "bench", "leaderboard"]
+    assert cmd[cmd.index("--fusions") + 1] == "mlb" and cmd[cmd.index("--out") + 1] == str(tmp_path / "workers" / "mlb")
+    assert "--no-plots" in cmd and cmd[-2:] == ["--max-minutes", "1.5000"] and "--seeds" in cmd
+    assert "--max-minutes" not in wk.worker_command("mlb", tmp_path, [], None)
+    with pytest.raises(ValueError, match="workers"):
+        wk.run_workers("concat", 0, tmp_path, [])
+
+
+def test_slow_fusions_start_first(tmp_path):
+    assert wk._order(["concat", "san", "mlb"], tmp_path)[0] == "san"  # attention first without history
+    state = {"format": lb.FORMAT, "entries": {
+        "t/concat/seed0": {"fusion": "concat", "train_s": 50.0}, "t/san/seed0": {"fusion": "san", "train_s": 5.0}},
+        "skipped": {}}
+    (tmp_path / "results.json").write_text(json.dumps(state))
+    assert wk._order(["mlb", "san", "concat"], tmp_path) == ["concat", "san", "mlb"]
+
+
+def test_worker_args_pass_every_setting():
+    from mmfuse.bench.cli import _worker_args
+
+    class A:
+        seeds, epochs, steps, n_train, n_test, device = 2, None, 50, 10, None, "cpu"
+        quick, robustness, robustness_baseline, input_norm = True, True, "concat", "layer"
+
+    got = _worker_args(A, ["soc", "interactions_o2"])
+    assert got == ["--tasks", "soc", "interactions_o2", "--seeds", "2", "--steps", "50", "--n-train", "10",
+                   "--device", "cpu", "--quick", "--robustness", "--robustness-baseline", "concat",
+                   "--input-norm", "layer"]
