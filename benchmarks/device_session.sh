@@ -30,6 +30,9 @@
 #   ablations        benchmarks/gpu_ablations.py: each of session 12's GPU fixes (MCB's
 #                    closed-form backward, Tucker's aligned GEMMs, BLOCK's GPU tile, the
 #                    Triton power-normalize) against the code it replaced, eager and graph       120
+#   leaderboard_rate two 2.5-minute leaderboard parts, 3 seeds: 14 workers training on the
+#                    host's CPU cores, then 8 workers training on the GPU: entries per minute
+#                    each way, for issue 7's 10-minute target                                   400
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6,
 #                    --workers 8 (LB_WORKERS): a resumable part; run it again to continue
 #                    (issue 7)                                                                  420
@@ -86,6 +89,7 @@ if [ "$SMOKE" = 1 ]; then
     PROFILE=(--fusions "mlb" --batch 8 --repeat 1 --steps 1 --top 3)
     ABL=(--batch 8 --repeat 1)
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
+    RATE=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1 --no-plots)
     LB_SOC=(--fusions "concat,san" --seeds 1 --n-train 40 --epochs 1)
 else
     F32=(--batch 128 --rounds 3 --repeat 5)
@@ -98,7 +102,8 @@ else
     ABL=()
     # ends cleanly inside its cap; rerun the part to continue. --workers: 8 fusions at a time on the
     # 16-core host (session 12: one at a time made 11 entries in 151 s, 406 left)
-    LB=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}")
+    LB=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}" --accelerator "${LB_ACCEL:-auto}")
+    RATE=(--seeds 3 --max-minutes 2.5 --no-plots)
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
 fi
 MICRO_EXTRA=()
@@ -141,6 +146,14 @@ run_part() {
             part ablations 120 "$PY" benchmarks/gpu_ablations.py --device "$DEVICE" "${ABL[@]}" --json "$WORK/gpu_ablations.json"
             copy "$WORK/gpu_ablations.json" gpu_ablations.json
             ;;
+        leaderboard_rate)
+            part leaderboard_cpu 200 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/lb_cpu" \
+                "${RATE[@]}" --workers 14 --accelerator cpu
+            copy "$WORK/lb_cpu/leaderboard.md" leaderboard_cpu.md
+            part leaderboard_gpu 200 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/lb_gpu" \
+                "${RATE[@]}" --workers 8 --accelerator "$( [ "$DEVICE" = cpu ] && echo cpu || echo gpu )"
+            copy "$WORK/lb_gpu/leaderboard.md" leaderboard_gpu.md
+            ;;
         leaderboard)
             part leaderboard 420 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/leaderboard" "${LB[@]}"
             copy "$WORK/leaderboard/leaderboard.md" leaderboard.md
@@ -151,7 +164,7 @@ run_part() {
             copy "$WORK/leaderboard_soc/leaderboard.md" leaderboard_soc.md
             ;;
         *)
-            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile ablations leaderboard leaderboard_soc)" | tee -a "$LOG"
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile ablations leaderboard_rate leaderboard leaderboard_soc)" | tee -a "$LOG"
             return 2
             ;;
     esac
@@ -163,6 +176,6 @@ for p in "${parts[@]}"; do
     run_part "$p"
 done
 # the training runs' own records (samples/s, per-epoch validation), one file for the 8-file limit
-runs=$(cd "$WORK" && find run pixels leaderboard leaderboard_soc \( -name run.json -o -name metrics.csv -o -name results.json \) 2>/dev/null)
+runs=$(cd "$WORK" && find run pixels leaderboard leaderboard_soc lb_cpu lb_gpu \( -name run.json -o -name metrics.csv -o -name results.json \) 2>/dev/null)
 [ -n "$runs" ] && (cd "$WORK" && tar czf "$OUT/runs.tar.gz" $runs)
 echo "== done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

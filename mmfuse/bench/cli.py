@@ -69,6 +69,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     # mmfuse.models.task.INPUT_NORMS, spelt out so that building the parser imports no torch
     lb.add_argument("--input-norm", choices=("none", "layer"), default="none",
                     help="layer: a LayerNorm on every input's encoder outputs, for every fusion (use its own --out)")
+    lb.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                    help="where entries train (default auto: a GPU if there is one); not part of an entry's digest")
     lb.add_argument("--workers", type=positive_int, default=1, metavar="N",
                     help="train N fusions at a time, one process each (cores / N threads each), then merge "
                     "them into --out; train s and latency are then measured with N sharing the machine")
@@ -128,6 +130,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
         tasks, args.fusions, seeds=args.seeds, budget=budget, out_dir=args.out, quick=args.quick,
         robustness=args.robustness, robustness_baseline=args.robustness_baseline, n_train=args.n_train, n_test=args.n_test, device=args.device, plots=args.plots,
         max_minutes=args.max_minutes, input_norm=args.input_norm, train_missing=not parallel,
+        accelerator=args.accelerator,
     )
     print("\n" + result.markdown)
     print(f"results: {result.out_dir}/leaderboard.md, leaderboard.csv, results.json"
@@ -148,7 +151,7 @@ def _worker_args(args: argparse.Namespace, tasks: list[str] | None) -> list[str]
         out.append("--quick")
     if args.robustness:
         out += ["--robustness", "--robustness-baseline", args.robustness_baseline]
-    return out + ["--input-norm", args.input_norm]
+    return out + ["--input-norm", args.input_norm, "--accelerator", args.accelerator]
 
 
 def _fusions(args: argparse.Namespace) -> int:

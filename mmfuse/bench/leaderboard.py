@@ -742,6 +742,7 @@ def run_leaderboard_bench(
     input_norm: str = "none",
     train_fn: Callable[..., Any] | None = None,
     train_missing: bool = True,
+    accelerator: str = "auto",
     log: Callable[[str], None] = print,
 ) -> LeaderboardResult:
     """Train every fusion matching ``fusions_pattern`` on every task, write the leaderboard.
@@ -767,6 +768,9 @@ def run_leaderboard_bench(
         input_norm: ``"layer"``: a LayerNorm on every input's encoder outputs, for every entry
             (:func:`task_config`); it changes the entries' configs, so use its own ``out_dir``.
         train_fn: the trainer (default :func:`mmfuse.train.train`); tests pass a counting wrapper.
+        accelerator: where entries train (``train.accelerator``: ``auto``, ``cpu``, ``gpu``). Not
+            part of an entry's config digest: an entry trained on a CPU and one trained on a GPU
+            are the same entry (the accelerator is stored in the entry).
         train_missing: ``False``: train nothing, only write the tables and plots of what
             ``results.json`` holds (``--workers`` does this after merging its workers); the entries
             missing are counted in ``LeaderboardResult.left``.
@@ -862,8 +866,9 @@ def run_leaderboard_bench(
                     log(f"[{key}] training {fusion} ({info.family}) on {task_name}")
                     curve = _curve_callback()
                     try:
+                        run_config = {**config, "train": {**config["train"], "accelerator": accelerator}}
                         with _quiet():
-                            result = train_fn(config, run_dir=run_dir, callbacks=[curve])
+                            result = train_fn(run_config, run_dir=run_dir, callbacks=[curve])
                     except Exception as err:  # noqa: BLE001 - one failing entry must not stop the leaderboard
                         failed[key] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
                         log(f"[{key}] FAILED: {failed[key]} (retried on the next run)")
@@ -879,6 +884,7 @@ def run_leaderboard_bench(
                         "params": int(sum(p.numel() for p in model.parameters())),
                         "fusion_params": int(sum(p.numel() for p in model.fusion.parameters())),
                         "train_s": float(result.seconds), "samples_per_s": float(result.samples_per_s),
+                        "accelerator": accelerator,
                         "start_step": int(getattr(result, "start_step", 0)), "curve": curve.points,
                         **plateau(curve.points), "checkpoint": str(result.checkpoint),
                     }

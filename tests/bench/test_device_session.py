@@ -87,3 +87,12 @@ def test_ablations_part_writes_its_rows(tmp_path):
 
     rows = json.loads((tmp_path / "out" / "gpu_ablations.json").read_text())
     assert {r["fusion"] for r in rows} == {"mcb", "tucker", "block", "mfh", "mfb", "block_tucker"} and r.returncode == 0
+
+
+def test_leaderboard_rate_part_runs_both_ways_with_workers(tmp_path):
+    r = _run(tmp_path, "leaderboard_rate")
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert "== leaderboard_cpu: rc 0" in log and "== leaderboard_gpu: rc 0" in log, log[-2000:]
+    for side in ("lb_cpu", "lb_gpu"):
+        assert (tmp_path / "work" / side / "workers" / "mlb.log").is_file()
+    assert "| concat |" in (tmp_path / "out" / "leaderboard_cpu.md").read_text() and r.returncode == 0

@@ -264,3 +264,17 @@ def test_bench_merge_command(tmp_path, capsys):
     assert main(["bench", "merge", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
     assert "1 entries, 1 skipped pairs from 1 sources" in capsys.readouterr().out
     assert json.loads((tmp_path / "m" / "results.json").read_text())["skipped"] == {"soc/tfn": "too wide"}
+
+
+def test_accelerator_reaches_the_trainer_and_not_the_digest(tmp_path):
+    seen = []
+
+    def recording(config, **kwargs):
+        seen.append(config["train"]["accelerator"])
+        return train(config, **kwargs)
+
+    kw = dict(seeds=1, budget=1, out_dir=tmp_path, log=lambda s: None, device="cpu", plots=False, **TINY)
+    first = lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=recording, accelerator="cpu", **kw)
+    assert seen == ["cpu"] and first.entries["interactions_o1/concat/seed0"]["accelerator"] == "cpu"
+    again = lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=recording, **kw)  # accelerator auto
+    assert seen == ["cpu"] and again.trained == 0  # the same entry: nothing retrained

@@ -87,9 +87,9 @@ def test_worker_args_pass_every_setting():
 
     class A:
         seeds, epochs, steps, n_train, n_test, device = 2, None, 50, 10, None, "cpu"
-        quick, robustness, robustness_baseline, input_norm = True, True, "concat", "layer"
+        quick, robustness, robustness_baseline, input_norm, accelerator = True, True, "concat", "layer", "cpu"
 
     got = _worker_args(A, ["soc", "interactions_o2"])
     assert got == ["--tasks", "soc", "interactions_o2", "--seeds", "2", "--steps", "50", "--n-train", "10",
                    "--device", "cpu", "--quick", "--robustness", "--robustness-baseline", "concat",
-                   "--input-norm", "layer"]
+                   "--input-norm", "layer", "--accelerator", "cpu"]
