@@ -112,6 +112,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": -1,
     "max_minutes": None,          # wall-clock budget of fit(); training stops there (lightning max_time)
     "lr": 1e-3,
+    "lr_scale": {},               # {parameter-name prefix: lr multiplier}, e.g. {encoders.v: 0.5}
     "weight_decay": 0.01,         # not applied to biases and norm weights (1-d parameters)
     "optimizer": "adamw",         # adamw | adam | sgd
     "betas": [0.9, 0.999],
@@ -239,6 +240,8 @@ def _check_override_key(key: str, parts: list[str], config: Mapping[str, Any]) -
         return
     if sub not in TRAIN_DEFAULTS:
         raise ConfigError(f"{key}: unknown train key {sub!r}{_suggest(sub, TRAIN_DEFAULTS)}; known: {sorted(TRAIN_DEFAULTS)}")
+    if sub == "lr_scale":  # train.lr_scale.<parameter-name prefix>, which has dots of its own
+        return
     if len(parts) > 2:
         if sub != "early_stopping" or len(parts) > 3 or parts[2] not in EARLY_STOPPING_DEFAULTS:
             known = [f"train.early_stopping.{k}" for k in EARLY_STOPPING_DEFAULTS]
@@ -290,6 +293,27 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str] | Mappin
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _lr_scale(value: Any) -> dict[str, float]:
+    """``train.lr_scale`` as ``{dotted prefix: multiplier > 0}``; nested mappings (what a dotted
+    override ``train.lr_scale.encoders.v=0.5`` makes) are flattened to their dotted paths."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"train.lr_scale: expected a mapping {{parameter-name prefix: multiplier}}, got {value!r}")
+    out: dict[str, float] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, Mapping):
+                walk(v, key)
+            else:
+                out[key] = float(_float(f"train.lr_scale.{key}", v, low=0.0, low_open=True))
+
+    walk(value, "")
+    return out
 
 
 def _int(key: str, value: Any, minimum: int | None = None, *, none: bool = False, minus_one: bool = False) -> Any:
@@ -492,6 +516,7 @@ def _validate_train(train: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError("train.max_epochs: set max_epochs or max_steps (both are unlimited)")
     t["max_minutes"] = _float("train.max_minutes", t["max_minutes"], low=0.0, low_open=True, none=True)
     t["lr"] = _float("train.lr", t["lr"], low=0.0, low_open=True)
+    t["lr_scale"] = _lr_scale(t["lr_scale"])
     t["weight_decay"] = _float("train.weight_decay", t["weight_decay"], low=0.0)
     t["optimizer"] = _choice("train.optimizer", t["optimizer"], ("adamw", "adam", "sgd"))
     betas = t["betas"]

@@ -40,6 +40,23 @@ __all__ = ["TaskModule", "WarmupSchedule", "compute_metrics", "primary_metric"]
 _MAX_F1_CLASSES = 4096
 
 
+
+def _scaled_groups(model: torch.nn.Module, scales: dict[str, float], lr: float, weight_decay: float) -> list[dict]:
+    """Parameter groups with ``lr * scale`` per ``train.lr_scale`` prefix (the longest that matches
+    a parameter's name at a dot), weight decay on >= 2-d parameters only, as without scales."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    under = lambda n, k: n == k or n.startswith(k + ".")  # noqa: E731
+    unused = [k for k in scales if not any(under(n, k) for n, _ in named)]
+    if unused:
+        tops = sorted({".".join(n.split(".")[:2]) for n, _ in named})
+        raise ConfigError(f"train.lr_scale: no parameter under {unused}; the model's parts include {tops}")
+    by_key: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for n, p in named:
+        best = max((k for k in scales if under(n, k)), key=len, default=None)
+        scale = scales[best] if best is not None else 1.0
+        by_key.setdefault((weight_decay if p.dim() >= 2 else 0.0, scale), []).append(p)
+    return [{"params": ps, "weight_decay": wd, "lr": lr * scale} for (wd, scale), ps in by_key.items()]
+
 class WarmupSchedule:
     """LR factor per optimizer step: linear warm-up to 1, then cosine / linear decay or constant.
 
@@ -269,12 +286,16 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.train_config
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [g for g in ({"params": decay, "weight_decay": t["weight_decay"]},
-                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        scales = t.get("lr_scale") or {}
+        if scales:
+            groups = _scaled_groups(self.model, scales, t["lr"], t["weight_decay"])
+        else:
+            decay, no_decay = [], []
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    (decay if p.dim() >= 2 else no_decay).append(p)
+            groups = [g for g in ({"params": decay, "weight_decay": t["weight_decay"]},
+                                  {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
         if t["optimizer"] in ("adamw", "adam"):
             cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
             opt = _adam(cls, groups, lr=t["lr"], betas=tuple(t["betas"]),

@@ -317,3 +317,35 @@ def test_lightnings_litlogger_advert_is_not_printed(tmp_path):
         log.setLevel(level)
     assert any("GPU available" in m for m in seen), seen  # the handler does see Lightning's messages
     assert not any("litlogger" in m for m in seen), seen
+
+
+def test_lr_scale_groups_parameters_by_prefix():
+    """train.lr_scale: the longest prefix at a dot wins, decay stays on >= 2-d parameters, the
+    unscaled rest keeps lr, and a prefix that names no parameter is refused."""
+    from mmfuse.train.module import _scaled_groups
+
+    model = torch.nn.ModuleDict({
+        "enc": torch.nn.ModuleDict({"a": torch.nn.Linear(2, 3), "ab": torch.nn.Linear(3, 3)}),
+        "head": torch.nn.Linear(3, 1),
+    })
+    groups = _scaled_groups(model, {"enc": 0.5, "enc.a": 0.1}, lr=1e-3, weight_decay=0.01)
+    got = {(g["lr"], g["weight_decay"]): {id(p) for p in g["params"]} for g in groups}
+    ids = lambda *ps: {id(p) for p in ps}  # noqa: E731
+    assert got[(1e-3 * 0.1, 0.01)] == ids(model["enc"]["a"].weight)
+    assert got[(1e-3 * 0.1, 0.0)] == ids(model["enc"]["a"].bias)
+    assert got[(1e-3 * 0.5, 0.01)] == ids(model["enc"]["ab"].weight)  # "enc.a" is not a prefix of "enc.ab"
+    assert got[(1e-3, 0.01)] == ids(model["head"].weight) and got[(1e-3, 0.0)] == ids(model["head"].bias)
+    with pytest.raises(ConfigError, match=r"no parameter under \['enc.c'\]"):
+        _scaled_groups(model, {"enc.c": 2.0}, lr=1e-3, weight_decay=0.0)
+
+
+def test_lr_scale_config_and_override():
+    from mmfuse.train.config import _validate_train as validate_train
+    from mmfuse.train.config import apply_overrides
+
+    cfg = apply_overrides({"train": {}}, ["train.lr_scale.encoders.v=0.5", "train.lr_scale.fusion=2"])
+    assert validate_train(cfg["train"])["lr_scale"] == {"encoders.v": 0.5, "fusion": 2.0}
+    assert validate_train({"lr_scale": {"head": 1}})["lr_scale"] == {"head": 1.0}
+    for bad in ({"head": 0}, {"head": "x"}, [0.5]):
+        with pytest.raises(ConfigError, match="train.lr_scale"):
+            validate_train({"lr_scale": bad})
