@@ -116,6 +116,9 @@ def _leaderboard(args: argparse.Namespace) -> int:
     if parallel:
         import time
 
+        if args.max_minutes is not None and not args.max_minutes >= 0:  # NaN too; before any worker starts
+            raise ValueError(f"--max-minutes: expected a number of minutes >= 0, got {args.max_minutes!r}")
+
         from .leaderboard import DEFAULT_TASKS, QUICK, task_datamodule
         from .workers import run_workers
 

@@ -59,7 +59,7 @@ def test_workers_never_retrain_what_the_run_folder_holds(tmp_path):
     assert _results(out / "workers" / "san")["skipped"] == {"interactions_o1/san": "needs sequences"}
 
 
-def test_time_limit_and_command_line(tmp_path):
+def test_time_limit_and_command_line(tmp_path, capsys):
     lines: list[str] = []
     res = wk.run_workers("concat,lmf", 2, tmp_path, ["--tasks", "interactions_o1"], max_minutes=0, log=lines.append)
     assert res["started"] == [] and sorted(res["not_started"]) == ["concat", "lmf"]
@@ -71,6 +71,11 @@ def test_time_limit_and_command_line(tmp_path):
     assert "--max-minutes" not in wk.worker_command("mlb", tmp_path, [], None)
     with pytest.raises(ValueError, match="workers"):
         wk.run_workers("concat", 0, tmp_path, [])
+    # refused before any worker or data is made
+    assert cli_main(["bench", "leaderboard", "--fusions", "concat", "--workers", "2", "--max-minutes", "-1",
+                     "--out", str(tmp_path / "never"), *ARGS]) == 2
+    assert "--max-minutes: expected a number of minutes >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_slow_fusions_start_first(tmp_path):
