@@ -78,6 +78,56 @@ def _order(names: Sequence[str], out: Path) -> list[str]:
     return sorted(names, key=cost)
 
 
+def _loop(pending, running, started, not_started, failed, workers, out, passthrough, max_minutes, start, env,
+          log, poll_s) -> None:
+    """Start workers while there is room and time; reap the finished ones; until none is left."""
+    while pending or running:
+        while pending and len(running) < workers:
+            left = None if max_minutes is None else max_minutes - (time.monotonic() - start) / 60.0
+            if left is not None and left <= 0:
+                not_started.extend(pending)
+                pending.clear()
+                break
+            name = pending.pop(0)
+            _seed_worker(out, name)
+            logf = open(out / WORKERS_DIR / f"{name}.log", "a")  # noqa: SIM115 - closed when it ends
+            proc = subprocess.Popen(worker_command(name, out, passthrough, left), stdout=logf,
+                                    stderr=subprocess.STDOUT, env=env)
+            running[name] = (proc, logf)
+            started.append(name)
+            log(f"[workers] {name}: started ({len(running)} running, {len(pending)} waiting)")
+        for name, (proc, logf) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            logf.close()
+            del running[name]
+            if proc.returncode != 0:
+                failed[name] = proc.returncode
+                log(f"[workers] {name}: FAILED (exit {proc.returncode}; {out / WORKERS_DIR / name}.log)")
+            else:
+                log(f"[workers] {name}: done")
+        if running:
+            time.sleep(poll_s)
+
+
+def _stop(running: dict, grace_s: float = 20.0) -> None:
+    """SIGINT every running worker (Lightning stops its fit cleanly), then kill what is left."""
+    import signal
+
+    for proc, _ in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for proc, logf in running.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logf.close()
+    running.clear()
+
+
 def run_workers(
     fusions_pattern: str,
     workers: int,
@@ -115,34 +165,13 @@ def run_workers(
     start = time.monotonic()
     pending, running = list(names), {}
     started, not_started, failed = [], [], {}
-    while pending or running:
-        while pending and len(running) < workers:
-            left = None if max_minutes is None else max_minutes - (time.monotonic() - start) / 60.0
-            if left is not None and left <= 0:
-                not_started += pending
-                pending = []
-                break
-            name = pending.pop(0)
-            _seed_worker(out, name)
-            logf = open(out / WORKERS_DIR / f"{name}.log", "a")  # noqa: SIM115 - closed when it ends
-            proc = subprocess.Popen(worker_command(name, out, passthrough, left), stdout=logf,
-                                    stderr=subprocess.STDOUT, env=env)
-            running[name] = (proc, logf)
-            started.append(name)
-            log(f"[workers] {name}: started ({len(running)} running, {len(pending)} waiting)")
-        for name, (proc, logf) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            logf.close()
-            del running[name]
-            if proc.returncode != 0:
-                failed[name] = proc.returncode
-                log(f"[workers] {name}: FAILED (exit {proc.returncode}; {out / WORKERS_DIR / name}.log)")
-            else:
-                log(f"[workers] {name}: done")
-        if running:
-            time.sleep(poll_s)
+    try:
+        _loop(pending, running, started, not_started, failed, workers, out, passthrough, max_minutes, start, env,
+              log, poll_s)
+    finally:  # interrupted (Ctrl-C, a time cap's SIGINT): stop the workers too, not leave them running
+        _stop(running)
     before = set(_load_results(out / RESULTS)["entries"])
+
     sources = [out / WORKERS_DIR / n for n in started if (out / WORKERS_DIR / n / RESULTS).is_file()]
     merged = merge_results(out, sources) if sources else {"entries": 0, "skipped": 0, "sources": 0}
     if workers > 1:  # mark what this call's workers trained side by side (the table says so)

@@ -98,3 +98,13 @@ def test_worker_args_pass_every_setting():
     assert got == ["--tasks", "soc", "interactions_o2", "--seeds", "2", "--steps", "50", "--n-train", "10",
                    "--device", "cpu", "--quick", "--robustness", "--robustness-baseline", "concat",
                    "--input-norm", "layer", "--accelerator", "cpu"]
+
+
+def test_an_interrupted_call_stops_its_workers(tmp_path):
+    import subprocess
+
+    log = open(tmp_path / "w.log", "a")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdout=log)
+    running = {"x": (proc, log)}
+    wk._stop(running, grace_s=5.0)
+    assert proc.poll() is not None and running == {} and log.closed
