@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import check_dims, check_inputs, check_positive, check_probability
@@ -93,8 +94,15 @@ class InputProjections(nn.Module):
         self.drop_in = dropout_or_identity(dropout_input)
         self.drop_proj = dropout_or_identity(dropout_projected)
 
-    def forward(self, xs: Sequence[Tensor]) -> list[Tensor]:
-        return [self.drop_proj(self.activation(lin(self.drop_in(x)))) for lin, x in zip(self.linears, xs)]
+    def forward(self, xs: Sequence[Tensor], pad: Sequence[int] | None = None) -> list[Tensor]:
+        """``pad``: per modality, extra zero output rows on the fly (a width the GEMMs like; the
+        extra features are what the activation makes of 0, for the caller to give zero weight)."""
+        if not pad or not any(pad):
+            return [self.drop_proj(self.activation(lin(self.drop_in(x)))) for lin, x in zip(self.linears, xs)]
+        return [
+            self.drop_proj(self.activation(F.linear(self.drop_in(x), F.pad(lin.weight, (0, 0, 0, p)), F.pad(lin.bias, (0, p)))))
+            for lin, x, p in zip(self.linears, xs, pad)
+        ]
 
     def num_parameters(self) -> int:
         return sum(linear_params(d, h) for d, h in zip(self.in_dims, self.out_dims))
@@ -131,8 +139,14 @@ class FusionHead(nn.Module):
         self.activation = make_activation(output_activation, owner)
         self.drop_out = dropout_or_identity(dropout_output)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.drop_out(self.activation(self.linear(self.drop_pre(z))))
+    def forward(self, z: Tensor, pad_in: int = 0) -> Tensor:
+        """``pad_in``: ``z`` carries that many extra trailing features, read with zero weights."""
+        z = self.drop_pre(z)
+        if pad_in:
+            z = F.linear(z, F.pad(self.linear.weight, (0, pad_in)), self.linear.bias)
+        else:
+            z = self.linear(z)
+        return self.drop_out(self.activation(z))
 
     def num_parameters(self) -> int:
         return linear_params(self.in_dim, self.out_dim) if isinstance(self.linear, nn.Linear) else 0

@@ -290,55 +290,44 @@ class Tucker(VectorFusion):
         self.core_bias = nn.Parameter(uniform_(torch.empty(hidden_dim, **fk), tx))
         self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
 
-    # pad t_x, t_o, t_y to multiples of this for 16-bit GEMMs on CUDA (see _padded); force_padding
-    # runs the padded path everywhere (tests, on a CPU)
+    # pad t_x, t_o, t_y to multiples of this for 16-bit GEMMs on CUDA (see _pads); force_padding
+    # pads everywhere (tests, on a CPU)
     gemm_alignment: int = 8
     force_padding: bool = False
 
-    def fuse(self, x: Tensor, y: Tensor) -> Tensor:
-        tx, ty = self.projected_dims
-        h = self.hidden_dim
-        a = self.gemm_alignment
-        if (tx % a or ty % a or h % a) and (self.force_padding or (x.is_cuda and _half_compute(x))):
-            return self._padded(x, y)
-        xt, yt = self.inputs((x, y))
-        t = (xt @ self.core.view(tx, h * ty)).unflatten(-1, (h, ty))  # [N, H, t_y]
-        z = (t @ yt.unsqueeze(-1)).squeeze(-1) + self.core_bias  # [N, H]
-        if self.normalize:
-            z = power_normalize(z)
-        return self.head(z)
-
-    def _padded(self, x: Tensor, y: Tensor) -> Tensor:
-        """:meth:`fuse` with t_x, t_o and t_y zero-padded to multiples of ``gemm_alignment``.
+    def _pads(self, x: Tensor) -> tuple[int, int, int]:
+        """Zero features added to t_x, t_o, t_y for this call: multiples of ``gemm_alignment`` for
+        16-bit GEMMs on CUDA, else none.
 
         Rows of an odd width (block.bootstrap's VQA Tucker has 235) are not 16-byte aligned in
         bf16, and cuBLAS then falls back to slow unaligned kernels: on an H200 they took 2.5 of the
         2.8 ms of a bf16 step at batch 2048, and padding cut the step to 1.3 ms (CUDA graph;
-        docs/BENCHMARKS.md, session 12). It runs for 16-bit compute on CUDA (half inputs or
-        autocast): in float32 at batch 128, where the step is launch-bound, the pads' extra
-        kernels made it slower (2.6 against 1.8 ms). The weights are padded on the fly with
-        zeros (the core in all three modes, the projections' rows, the head's columns), so the
-        padded features meet zero weights and the result is the same; the gradients of the padding
-        are dropped by the pads' backward.
+        docs/BENCHMARKS.md, session 12). In float32 at batch 128, where the step is launch-bound,
+        the pads' extra kernels made it slower (2.6 against 1.8 ms), hence 16-bit only. The
+        weights are padded on the fly with zeros (the core in all three modes, the projections'
+        rows, the head's columns), so the padded features meet zero weights and the result is the
+        same; the pads' backward drops the padding's gradients.
         """
+        if not (self.force_padding or (x.is_cuda and _half_compute(x))):
+            return 0, 0, 0
         a = self.gemm_alignment
+        (tx, ty), h = self.projected_dims, self.hidden_dim
+        return -tx % a, -h % a, -ty % a
+
+    def fuse(self, x: Tensor, y: Tensor) -> Tensor:
+        px, ph, py = self._pads(x)
+        xt, yt = self.inputs((x, y), pad=(px, py))
         tx, ty = self.projected_dims
         h = self.hidden_dim
-        px, py, ph = -tx % a, -ty % a, -h % a
-        inp = self.inputs
-        xs = []
-        for lin, v, p in zip(inp.linears, (x, y), (px, py)):
-            w, b = F.pad(lin.weight, (0, 0, 0, p)), F.pad(lin.bias, (0, p))
-            xs.append(inp.drop_proj(inp.activation(F.linear(inp.drop_in(v), w, b))))
-        xt, yt = xs
-        core = F.pad(self.core, (0, py, 0, ph, 0, px))  # [t_x + px, H + ph, t_y + py]
-        t = (xt @ core.view(tx + px, (h + ph) * (ty + py))).unflatten(-1, (h + ph, ty + py))
-        z = (t @ yt.unsqueeze(-1)).squeeze(-1) + F.pad(self.core_bias, (0, ph))
+        core, bias = self.core, self.core_bias
+        if px or ph or py:
+            core, bias = F.pad(core, (0, py, 0, ph, 0, px)), F.pad(bias, (0, ph))
+            tx, h, ty = tx + px, h + ph, ty + py
+        t = (xt @ core.view(tx, h * ty)).unflatten(-1, (h, ty))  # [N, H, t_y]
+        z = (t @ yt.unsqueeze(-1)).squeeze(-1) + bias  # [N, H]
         if self.normalize:
-            z = power_normalize(z)  # the padded features are 0: the norm is unchanged
-        head = self.head
-        out = F.linear(head.drop_pre(z), F.pad(head.linear.weight, (0, ph)), head.linear.bias)
-        return head.drop_out(head.activation(out))
+            z = power_normalize(z)  # padded features are 0: the norm is unchanged
+        return self.head(z, pad_in=ph)
 
     def expected_num_parameters(self) -> int:
         tx, ty = self.projected_dims

@@ -506,15 +506,15 @@ def test_tucker_padded_gemms_same_values_and_gradients(activation, normalize, sh
 
     ref = run()
     monkeypatch.setattr(Tucker, "force_padding", True)
-    padded, calls = Tucker._padded, []
+    pads, calls = Tucker._pads, []
 
     def spy(self, *a):
-        calls.append(1)
-        return padded(self, *a)
+        calls.append(pads(self, *a))
+        return calls[-1]
 
-    monkeypatch.setattr(Tucker, "_padded", spy)
+    monkeypatch.setattr(Tucker, "_pads", spy)
     got = run()
-    assert calls  # the padded path ran
+    assert calls and all(p == (5, 3, 1) for p in calls)  # the padded path ran: t_x 3, t_o 5, t_y 7 to 8
     torch.testing.assert_close(got[0], ref[0])
     for a, b in zip(got[1], ref[1]):
         torch.testing.assert_close(a, b)
