@@ -115,11 +115,9 @@ def _rows(x: Tensor) -> Tensor:
     d = x.shape[-1]
     if x.numel() == 0:
         return x.reshape(0, max(d, 1))
-    if x.stride(-1) == 1 or d == 1:
+    if x.stride(-1) == 1 or d == 1:  # a view keeps the last stride
         try:
-            x2 = x.view(-1, d)
-            if x2.stride(1) == 1 or d == 1:
-                return x2
+            return x.view(-1, d)
         except RuntimeError:  # leading dims that do not flatten into one stride
             pass
     return x.contiguous().view(-1, d)

@@ -40,7 +40,6 @@ __all__ = ["TaskModule", "WarmupSchedule", "compute_metrics", "primary_metric"]
 _MAX_F1_CLASSES = 4096
 
 
-
 def _scaled_groups(model: torch.nn.Module, scales: dict[str, float], lr: float, weight_decay: float) -> list[dict]:
     """Parameter groups with ``lr * scale`` per ``train.lr_scale`` prefix (the longest that matches
     a parameter's name at a dot), weight decay on >= 2-d parameters only, as without scales."""
@@ -56,6 +55,7 @@ def _scaled_groups(model: torch.nn.Module, scales: dict[str, float], lr: float, 
         scale = scales[best] if best is not None else 1.0
         by_key.setdefault((weight_decay if p.dim() >= 2 else 0.0, scale), []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr": lr * scale} for (wd, scale), ps in by_key.items()]
+
 
 class WarmupSchedule:
     """LR factor per optimizer step: linear warm-up to 1, then cosine / linear decay or constant.
