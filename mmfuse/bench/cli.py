@@ -119,15 +119,15 @@ def _leaderboard(args: argparse.Namespace) -> int:
         if args.max_minutes is not None and not args.max_minutes >= 0:  # NaN too; before any worker starts
             raise ValueError(f"--max-minutes: expected a number of minutes >= 0, got {args.max_minutes!r}")
 
-        from .leaderboard import DEFAULT_TASKS, QUICK, task_datamodule
+        from .leaderboard import resolve_settings, task_datamodule
         from .workers import run_workers
 
         if args.out is None:
             args.out = f"runs/leaderboard-{time.strftime('%Y%m%d-%H%M%S')}"
-        for t in tasks or (QUICK["tasks"] if args.quick else DEFAULT_TASKS):  # the data, once, before the workers
-            quick_n = (QUICK["n_train"], QUICK["n_test"]) if args.quick else (None, None)
-            task_datamodule(t, budget=budget, n_train=args.n_train or quick_n[0], n_test=args.n_test or quick_n[1],
-                            input_norm=args.input_norm)
+        names, _, data_budget, n_train, n_test = resolve_settings(tasks, args.seeds, budget, args.n_train,
+                                                                  args.n_test, args.quick)
+        for t in names:  # the data, once, before the workers
+            task_datamodule(t, budget=data_budget, n_train=n_train, n_test=n_test, input_norm=args.input_norm)
         run_workers(args.fusions, args.workers, args.out, _worker_args(args, tasks), max_minutes=args.max_minutes)
     result = run_leaderboard_bench(
         tasks, args.fusions, seeds=args.seeds, budget=budget, out_dir=args.out, quick=args.quick,

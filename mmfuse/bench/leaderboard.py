@@ -709,6 +709,18 @@ def _probe(config: Mapping[str, Any], datamodule) -> str | None:
     return None
 
 
+def resolve_settings(tasks, seeds, budget, n_train, n_test, quick: bool):
+    """``(tasks, seeds, budget, n_train, n_test)`` with :data:`QUICK`'s values for those left
+    ``None`` under ``quick``, and the tasks (default :data:`DEFAULT_TASKS`) checked."""
+    if quick:
+        tasks = QUICK["tasks"] if tasks is None else tasks
+        seeds = QUICK["seeds"] if seeds is None else seeds
+        budget = QUICK["budget"] if budget is None else budget
+        n_train = QUICK["n_train"] if n_train is None else n_train
+        n_test = QUICK["n_test"] if n_test is None else n_test
+    return check_tasks(list(DEFAULT_TASKS if tasks is None else tasks)), seeds, budget, n_train, n_test
+
+
 def task_datamodule(task: str | Task, *, budget=None, n_train: int | None = None, n_test: int | None = None,
                     input_norm: str = "none"):
     """The set-up data module of ``task`` at these sizes (generated, or read from its cache)."""
@@ -787,13 +799,7 @@ def run_leaderboard_bench(
     from ..train.config import load_config
     from .robustness import NOISE_LEVELS, evaluate_robustness
 
-    if quick:
-        tasks = QUICK["tasks"] if tasks is None else tasks
-        seeds = QUICK["seeds"] if seeds is None else seeds
-        budget = QUICK["budget"] if budget is None else budget
-        n_train = QUICK["n_train"] if n_train is None else n_train
-        n_test = QUICK["n_test"] if n_test is None else n_test
-    tasks = check_tasks(list(DEFAULT_TASKS if tasks is None else tasks))
+    tasks, seeds, budget, n_train, n_test = resolve_settings(tasks, seeds, budget, n_train, n_test, quick)
     seed_list = list(range(3 if seeds is None else seeds)) if seeds is None or isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError(f"seeds: expected a count >= 1 or a list of seeds, got {seeds!r}")
