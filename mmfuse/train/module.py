@@ -85,6 +85,20 @@ class WarmupSchedule:
         return m + (1 - m) * (1 - p)
 
 
+def _seed_generators(seed: int, device: torch.device) -> None:
+    """Seed the CPU generator and, for a model on an accelerator, that device's generator.
+
+    ``torch.manual_seed`` would also queue seeds for CUDA, XPU and MTIA, formatting a stack trace
+    for each one that is not initialised: about 60 us a call on a CPU machine, against 1 us here.
+    The generators seeded here are the ones the model draws dropout from."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.default_generators[index].manual_seed(seed)
+    elif device.type != "cpu":
+        getattr(torch, device.type).manual_seed(seed)  # mps, xpu: their current device
+
+
 def _adam(cls: type, groups: list[dict[str, Any]], fused: bool = True, **kwargs: Any) -> torch.optim.Optimizer:
     """``cls(groups, **kwargs)``, the fused implementation where this torch has it for the
     parameters' device and dtype (CUDA; the CPU since torch 2.4), else the default one.
@@ -253,7 +267,7 @@ class TaskModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed = (self.train_config["seed"] * 1_000_003 + self.current_epoch * 100_003 + batch_idx) * 64 + self.global_rank
-        torch.manual_seed(seed % (2**63 - 1))
+        _seed_generators(seed % (2**63 - 1), self.device)
 
     def training_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
         """``(loss, batch size)``: the task loss, plus ``train.aux_loss_weight`` times the losses of
@@ -278,11 +292,25 @@ class TaskModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, size = self.training_loss(batch)
         self.train_samples += size
+        if not self._step_logged():
+            return loss
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         if self.last_encoder_loss is not None:
             self.log("train/aux_loss", self.last_encoder_loss, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def _step_logged(self) -> bool:
+        """Whether this step's ``train/*`` values reach anything: the loggers write on every
+        ``log_every_n_steps``-th step (Lightning's test, the one its own LearningRateMonitor uses),
+        the progress bar shows every step. The other steps skip ``self.log``: with the per-step
+        reseed, it was about a quarter of a small leaderboard entry's training time
+        (docs/BENCHMARKS.md, "Per-step overhead")."""
+        trainer = self._trainer
+        if trainer is None or trainer.progress_bar_callback is not None:
+            return True
+        connector = getattr(trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.train_config

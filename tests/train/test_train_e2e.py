@@ -349,3 +349,54 @@ def test_lr_scale_config_and_override():
     for bad in ({"head": 0}, {"head": "x"}, [0.5]):
         with pytest.raises(ConfigError, match="train.lr_scale"):
             validate_train({"lr_scale": bad})
+
+
+def test_step_seeding_draws_what_torch_manual_seed_draws():
+    """The per-step reseed touches only the model's generators; on the CPU its dropout masks are
+    the ones ``torch.manual_seed`` gives (so resumed runs and older runs draw the same)."""
+    from mmfuse.train.module import _seed_generators
+
+    torch.manual_seed(1234)
+    want = torch.nn.functional.dropout(torch.ones(64), 0.5)
+    torch.manual_seed(7)
+    _seed_generators(1234, torch.device("cpu"))
+    got = torch.nn.functional.dropout(torch.ones(64), 0.5)
+    assert torch.equal(got, want)
+    _seed_generators(1235, torch.device("cpu"))
+    assert not torch.equal(torch.nn.functional.dropout(torch.ones(64), 0.5), want)
+
+
+def test_train_values_are_logged_only_where_something_reads_them(tmp_path, monkeypatch):
+    """Without a progress bar, ``train/loss`` and ``train/lr`` go through ``self.log`` on the
+    loggers' steps only (every ``log_every_n_steps``-th), and the CSV log holds the same rows as
+    when every step logged. With the bar, every step logs (the bar shows the last value)."""
+    import csv
+
+    from mmfuse.train.module import TaskModule
+
+    calls: list[str] = []
+    original = TaskModule.log
+
+    def counting(self, name, *args, **kwargs):
+        calls.append(name)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(TaskModule, "log", counting)
+    logged, n_calls = {}, {}
+    for bar in (True, False):
+        calls.clear()
+        cfg = h.tiny_config("interactions")
+        cfg["train"].update(max_epochs=2, log_every_n_steps=3, progress_bar=bar)
+        result = train(cfg, run_dir=tmp_path / f"run_{bar}")
+        with open(result.run_dir / "csv" / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+        logged[bar] = {int(r["step"]): (float(r["train/loss"]), float(r["train/lr"])) for r in rows}
+        n_calls[bar] = calls.count("train/loss")
+        assert calls.count("train/lr") == n_calls[bar]
+    steps = sorted(logged[False])
+    assert len(steps) >= 3 and all((s + 1) % 3 == 0 for s in steps), steps
+    assert sorted(logged[True]) == steps
+    for s in steps:
+        assert logged[False][s] == pytest.approx(logged[True][s], rel=1e-5)
+    assert n_calls[False] == len(steps)
+    assert n_calls[True] >= 3 * len(steps)  # every step
