@@ -44,9 +44,11 @@ def _autograd_sketch(self, *xs):
     return bil._compact_bilinear(self.hidden_dim, xs, [t for pair in self.hashes() for t in pair])[0]
 
 
-def _kernels(on: bool):
-    """The fused power-normalize kernel on (where it applies) or off (torch ops everywhere)."""
+def _kernels(on: bool, tail: bool | None = None):
+    """The fused power-normalize kernel on (where it applies) or off (torch ops everywhere);
+    ``tail``: MFB / MFH's fused tail (default: as ``on``)."""
     Fn.use_kernels = use_kernels if on else (lambda x: False)
+    fac.use_kernels = use_kernels if (on if tail is None else tail) else (lambda x: False)
 
 
 def main(argv=None) -> int:
@@ -106,12 +108,20 @@ def main(argv=None) -> int:
             fac._TILE_ELEMENTS_CUDA = 1 << tile
             run("block", f"tile 2^{tile} elements", m, xs)
 
-        for name in ("mfh", "mfb", "block_tucker"):
+        for name in ("mfh", "mfb"):
             m, xs = fusion(name)
             square(name, m)
-            for on in (False, True):
-                _kernels(on)
-                run(name, f"kernel={on}", m, xs)
+            for label, on, tail in (("torch ops", False, False), ("power-normalize kernel", True, False),
+                                    ("fused tail kernel", True, True)):
+                _kernels(on, tail)
+                run(name, label, m, xs)
+        _kernels(True)
+
+        m, xs = fusion("block_tucker")
+        square("block_tucker", m)
+        for on in (False, True):
+            _kernels(on)
+            run("block_tucker", f"kernel={on}", m, xs)
     finally:
         bil.MCB.sketch = closed_form
         fac.Tucker.gemm_alignment = 8

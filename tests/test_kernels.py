@@ -12,6 +12,7 @@ import torch
 
 import mmfuse
 import mmfuse.functional as Fn
+import mmfuse.fusions.factorized as fac
 from mmfuse import kernels
 
 CUDA = torch.cuda.is_available()
@@ -92,8 +93,87 @@ def test_power_normalize_strided_rows_in_and_out():
     torch.testing.assert_close(ba.grad, bb.grad, rtol=1e-4, atol=1e-4)
 
 
+def torch_mfh_tail(joint, order, factor, normalize, eps=1e-12):
+    """MFB / MFH's tail as the torch ops of MFH.fuse: cascade, sum pooling, power norm per block."""
+    blocks = joint.unflatten(-1, (order, -1))
+    e, zs = None, []
+    for i in range(order):
+        e = blocks[..., i, :] if e is None else blocks[..., i, :] * e
+        z = Fn.sum_pool(e, factor)
+        zs.append(torch_power_normalize(z, eps) if normalize else z)
+    return torch.cat(zs, -1)
+
+
+def _compare_tail(joint, order, factor, normalize, rtol, atol, grad_tol):
+    a = joint.detach().clone().requires_grad_(True)
+    b = joint.detach().clone().requires_grad_(True)
+    ya = kernels.MFHTail.apply(a, order, factor, normalize, 1e-12)
+    yb = torch_mfh_tail(b.float(), order, factor, normalize).to(joint.dtype)
+    assert ya.dtype == joint.dtype and ya.shape == yb.shape
+    torch.testing.assert_close(ya, yb, rtol=rtol, atol=atol)
+    g = torch.randn_like(yb)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    assert a.grad.dtype == joint.dtype and a.grad.shape == joint.shape
+    scale = b.grad.float().abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    diff = (a.grad.float() - b.grad.float()).abs() / scale
+    assert diff.max().item() < grad_tol, diff.max().item()
+
+
 @needs_kernels
-@pytest.mark.parametrize("name", ["mcb", "mfh", "block"])
+@pytest.mark.parametrize(
+    "order, factor, hidden, normalize",
+    [(2, 5, 7, True), (1, 5, 33, True), (3, 3, 20, False), (2, 5, 340, True), (2, 2, 300, False), (4, 1, 9, True)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mfh_tail_matches_torch(order, factor, hidden, normalize, dtype):
+    torch.manual_seed(0)
+    joint = torch.randn(2, 3, order * factor * hidden, device=DEVICE).to(dtype)
+    joint[0, 0, :factor] = 0.0  # a pooled zero: the linearised root
+    if dtype == torch.float32:
+        _compare_tail(joint, order, factor, normalize, rtol=1e-5, atol=1e-6, grad_tol=1e-4)
+    else:
+        # the kernel keeps the cascade in float32; the torch ops are run in float32 too, then cast
+        _compare_tail(joint, order, factor, normalize, rtol=2e-2, atol=4e-3, grad_tol=3e-2)
+
+
+@needs_kernels
+def test_mfh_tail_zero_rows_strided_rows_and_empty():
+    torch.manual_seed(2)
+    joint = torch.randn(3, 2 * 3 * 6, device=DEVICE)
+    joint[1] = 0.0  # every block's norm at its floor
+    _compare_tail(joint, 2, 3, True, rtol=1e-5, atol=1e-6, grad_tol=1e-4)
+    wide = torch.randn(4, 50, device=DEVICE)
+    rows = wide[:, 5:41]  # 36 = 2 * 3 * 6 columns, rows 50 apart: read in place
+    assert kernels._rows(rows).data_ptr() == rows.data_ptr()
+    _compare_tail(rows, 2, 3, True, rtol=1e-5, atol=1e-6, grad_tol=1e-4)
+    e = torch.zeros(0, 12, device=DEVICE, requires_grad=True)
+    y = kernels.MFHTail.apply(e, 2, 3, True, 1e-12)
+    assert y.shape == (0, 4)
+    y.sum().backward()
+    assert e.grad.shape == e.shape
+
+
+@needs_kernels
+def test_mfh_uses_the_fused_tail_except_under_expanded_dropout(monkeypatch):
+    """Dropout on the expanded vectors sits inside the cascade, so a training MFH with it keeps
+    the torch ops; without it, or in eval mode, the fused tail runs."""
+    calls = []
+    real = kernels.MFHTail.apply
+    monkeypatch.setattr(kernels.MFHTail, "apply", lambda *a: calls.append(1) or real(*a))
+    xs = [torch.randn(4, d, device=DEVICE) for d in (6, 5)]
+    m = mmfuse.create_fusion("mfh", in_dims=(6, 5), out_dim=3, hidden_dim=4, factor=2, dropout_expanded=0.5).to(DEVICE)
+    m.train()(*xs)
+    assert calls == []
+    m.eval()(*xs)
+    assert calls == [1]
+    m = mmfuse.create_fusion("mfh", in_dims=(6, 5), out_dim=3, hidden_dim=4, factor=2, dropout_expanded=0.0).to(DEVICE)
+    m.train()(*xs)
+    assert calls == [1, 1]
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["mcb", "mfh", "mfb", "block"])
 def test_fusions_same_with_and_without_kernels(name, monkeypatch):
     kw = dict(mmfuse.fusion_info(name).tiny)
     torch.manual_seed(0)
@@ -103,6 +183,7 @@ def test_fusions_same_with_and_without_kernels(name, monkeypatch):
     out.square().sum().backward()
     grads = [x.grad.clone() for x in xs]
     monkeypatch.setattr(Fn, "use_kernels", lambda x: False)
+    monkeypatch.setattr(fac, "use_kernels", lambda x: False)
     for x in xs:
         x.grad = None
     ref = m(*xs)

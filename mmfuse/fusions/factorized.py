@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .._registry import register_fusion
 from ..functional import check_positive, power_normalize, sum_pool
+from ..kernels import MFHTail, use_kernels
 from ..layers import ActivationArg, dropout_or_identity
 from ._base import FusionHead, InputProjections, VectorFusion
 from .bilinear import uniform_
@@ -173,6 +174,9 @@ class MFH(VectorFusion):
         joint = hs[0]
         for h in hs[1:]:
             joint = joint * h
+        if use_kernels(joint) and (isinstance(self.drop_expanded, nn.Identity) or not self.training):
+            # the cascade, pooling and norms in one kernel each way (mmfuse.kernels.MFHTail)
+            return self.head(MFHTail.apply(joint, self.order, self.factor, self.normalize, 1e-12))
         joint = joint.unflatten(-1, (self.order, self.factor * self.hidden_dim))  # [N, p, k*H]
         e, zs = None, []
         for i in range(self.order):

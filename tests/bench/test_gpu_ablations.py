@@ -24,4 +24,5 @@ def test_every_variant_is_timed_and_the_code_is_restored(tmp_path):
     assert sum(r["variant"] == "square GEMM" for r in rows) == 6  # one per group
     assert all(r["eager ms"] > 0 and r["graph ms"] is None for r in rows)  # no CUDA graph on a CPU
     assert bil.MCB.sketch is sketch and fac._TILE_ELEMENTS_CUDA == tile
-    assert fac.Tucker.gemm_alignment == 8 and Fn.use_kernels is use_kernels
+    assert {("mfh", "torch ops"), ("mfh", "power-normalize kernel"), ("mfh", "fused tail kernel")} <= got
+    assert fac.Tucker.gemm_alignment == 8 and Fn.use_kernels is use_kernels and fac.use_kernels is use_kernels
