@@ -297,8 +297,14 @@ class TaskModule(L.LightningModule):
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         if self.last_encoder_loss is not None:
             self.log("train/aux_loss", self.last_encoder_loss, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/lr", self._scheduled_lr(), on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def _scheduled_lr(self) -> float:
+        """``train.lr`` times the schedule's current factor: the rate of the parameters that
+        ``train.lr_scale`` leaves alone (each scaled group runs at its multiple of it)."""
+        group = self.optimizers().param_groups[0]
+        return self.train_config["lr"] * group["lr"] / group.get("initial_lr", group["lr"]) if group["lr"] else 0.0
 
     def _step_logged(self) -> bool:
         """Whether this step's ``train/*`` values reach anything: the loggers write on every

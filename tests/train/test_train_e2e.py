@@ -400,3 +400,23 @@ def test_train_values_are_logged_only_where_something_reads_them(tmp_path, monke
         assert logged[False][s] == pytest.approx(logged[True][s], rel=1e-5)
     assert n_calls[False] == len(steps)
     assert n_calls[True] >= 3 * len(steps)  # every step
+
+
+def test_logged_lr_is_the_unscaled_rate_under_lr_scale(tmp_path):
+    """``train/lr`` is ``train.lr`` times the schedule, whatever ``train.lr_scale`` does to the
+    groups (here every parameter runs at a quarter of it)."""
+    import csv
+
+    def logged_lr(cfg, name):
+        result = train(cfg, run_dir=tmp_path / name)
+        with open(result.run_dir / "csv" / "metrics.csv") as f:
+            return result, {int(r["step"]): float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")}
+
+    cfg = h.tiny_config("interactions")
+    cfg["train"].update(max_epochs=1, warmup_steps=3)
+    plain, want = logged_lr(cfg, "plain")
+    tops = sorted({n.split(".")[0] for n, _ in load(plain.checkpoint).named_parameters()})
+    cfg["train"]["lr_scale"] = {t: 0.25 for t in tops}
+    _, got = logged_lr(cfg, "scaled")
+    assert len(want) >= 3 and got == pytest.approx(want)
+    assert want[0] == pytest.approx(cfg["train"]["lr"] / 3)  # warm-up step 1 of 3
