@@ -258,6 +258,19 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+# elements of one [BLOCK_H, KP] tile in the MFH kernels: the backward holds four such tiles in
+# float32 at once. At 1024 with 4 warps it needs 79 registers a thread on sm_90 and spills
+# nothing; 4096 spilled (tests/test_kernels_compile.py compiles them without a GPU).
+_MFH_TILE = 1024
+
+
+def mfh_meta(order: int, factor: int, hidden: int, normalize: bool) -> dict:
+    """The compile-time arguments of the MFH kernels for these sizes."""
+    kp = _pow2(factor)
+    return dict(P=order, PP=_pow2(order), K=factor, KP=kp, BLOCK_H=max(1, min(_pow2(hidden), _MFH_TILE // kp)),
+                NORMALIZE=bool(normalize))
+
+
 class MFHTail(torch.autograd.Function):
     """MFB / MFH after the projections: ``joint [..., P·K·H]`` (the modalities' projections
     multiplied, block ``i`` in columns ``[i·K·H, (i+1)·K·H)``) to ``[z_1; ..; z_P]`` with
@@ -274,8 +287,7 @@ class MFHTail(torch.autograd.Function):
         hidden = width // (order * factor)
         y = torch.empty(n, order * hidden, device=joint.device, dtype=joint.dtype)
         norm = torch.empty(n, order, device=joint.device, dtype=torch.float32)
-        meta = dict(P=order, PP=_pow2(order), K=factor, KP=_pow2(factor),
-                    BLOCK_H=max(16, min(_pow2(hidden), 4096 // _pow2(factor))), NORMALIZE=bool(normalize))
+        meta = mfh_meta(order, factor, hidden, normalize)
         if n and hidden:
             fwd[(n,)](j2, y, norm, hidden, j2.stride(0), eps, eps, **meta)
         ctx.save_for_backward(j2, norm)
