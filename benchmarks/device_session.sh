@@ -29,7 +29,8 @@
 #                    share, top kernels, against the square GEMM: why they miss             120
 #   ablations        benchmarks/gpu_ablations.py: each of session 12's GPU fixes (MCB's
 #                    closed-form backward, Tucker's aligned GEMMs, BLOCK's GPU tile, the
-#                    Triton power-normalize) against the code it replaced, eager and graph       120
+#                    Triton power-normalize) and session 13's fused MFB / MFH tail against the
+#                    code it replaced, eager and graph                                           120
 #   leaderboard_rate two 2.5-minute leaderboard parts, 3 seeds: 14 workers training on the
 #                    host's CPU cores, then 8 workers training on the GPU: entries per minute
 #                    each way, for issue 7's 10-minute target                                   400

@@ -10,7 +10,9 @@ VQA2 configurations:
   rfft / irfft; with ``normalize`` also the fused power-normalize kernel off / on;
 - ``tucker``: GEMM widths padded to multiples of 8 (``Tucker.gemm_alignment``) against none (1);
 - ``block``: one row tile on the GPU (``_TILE_ELEMENTS_CUDA`` 2^27) against the CPU's 2^23;
-- ``mfh``, ``mfb``, ``block_tucker``: the Triton power-normalize (mmfuse/kernels.py) off / on.
+- ``mfh``, ``mfb``: torch ops, the Triton power-normalize alone (session 12), and the fused
+  tail (``kernels.MFHTail``: cascade, pooling and norms in one kernel each way; session 13);
+- ``block_tucker``: the Triton power-normalize (mmfuse/kernels.py) off / on.
 
 Each group starts with its square GEMM. Rows go to stdout as JSON lines and to ``--json``.
 
