@@ -96,7 +96,8 @@ def _seed_generators(seed: int, device: torch.device) -> None:
         index = torch.cuda.current_device() if device.index is None else device.index
         torch.cuda.default_generators[index].manual_seed(seed)
     elif device.type != "cpu":
-        getattr(torch, device.type).manual_seed(seed)  # mps, xpu: their current device
+        backend = getattr(torch, device.type, None)  # mps, xpu: their current device
+        (backend.manual_seed if hasattr(backend, "manual_seed") else torch.manual_seed)(seed)
 
 
 def _adam(cls: type, groups: list[dict[str, Any]], fused: bool = True, **kwargs: Any) -> torch.optim.Optimizer:
