@@ -37,6 +37,11 @@
 #   leaderboard      mmfuse bench leaderboard, every CPU task, 3 seeds, --max-minutes 6,
 #                    --workers 8 (LB_WORKERS): a resumable part; run it again to continue
 #                    (issue 7)                                                                  420
+#   leaderboard_pixels  the soc_pixels task (from pixels, the GPU-sized entries), 3 seeds,
+#                    --workers 8 on the GPU, --max-minutes 6: one resumable part. It starts
+#                    from docs/leaderboard/gpu-soc-pixels-results.json (what earlier sessions
+#                    trained) and returns the merged results.json as soc_pixels_results.json:
+#                    commit it over that file, so that parts add up across sessions (issue 7) 420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
 #                    most attention fusions sit at the answer prior through 8 epochs,
 #                    docs/BENCHMARKS.md), 3 seeds, --max-minutes 6, resumable (issue 7)        420
@@ -92,6 +97,7 @@ if [ "$SMOKE" = 1 ]; then
     LB=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1)
     RATE=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1 --no-plots)
     LB_SOC=(--fusions "concat,san" --seeds 1 --n-train 40 --epochs 1)
+    LB_PIX=(--fusions "concat,mlb" --seeds 1 --n-train 40 --n-test 20 --epochs 1 --no-plots --workers 2)
 else
     F32=(--batch 128 --rounds 3 --repeat 5)
     BF16=(--batch 2048 --shapes 2d --autocast bf16 --square-baseline --cuda-graph --rounds 3 --repeat 5)
@@ -106,7 +112,9 @@ else
     LB=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}" --accelerator "${LB_ACCEL:-auto}")
     RATE=(--seeds 3 --max-minutes 2.5 --no-plots)
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
+    LB_PIX=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}" --no-plots)
 fi
+PIX_RESULTS=${PIX_RESULTS:-docs/leaderboard/gpu-soc-pixels-results.json}
 MICRO_EXTRA=()
 [ "$DEVICE" = cpu ] && MICRO_EXTRA=(--no-memory)
 
@@ -159,13 +167,21 @@ run_part() {
             part leaderboard 420 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/leaderboard" "${LB[@]}"
             copy "$WORK/leaderboard/leaderboard.md" leaderboard.md
             ;;
+        leaderboard_pixels)
+            mkdir -p "$WORK/leaderboard_pixels"
+            [ -f "$PIX_RESULTS" ] && cp "$PIX_RESULTS" "$WORK/leaderboard_pixels/results.json"
+            part leaderboard_pixels 420 "$PY" -m mmfuse bench leaderboard --tasks soc_pixels --device "$DEVICE" \
+                --accelerator "$( [ "$DEVICE" = cpu ] && echo cpu || echo gpu )" --out "$WORK/leaderboard_pixels" "${LB_PIX[@]}"
+            copy "$WORK/leaderboard_pixels/leaderboard.md" leaderboard_pixels.md
+            copy "$WORK/leaderboard_pixels/results.json" soc_pixels_results.json
+            ;;
         leaderboard_soc)
             part leaderboard_soc 420 "$PY" -m mmfuse bench leaderboard --tasks soc --input-norm layer --device "$DEVICE" \
                 --out "$WORK/leaderboard_soc" "${LB_SOC[@]}"
             copy "$WORK/leaderboard_soc/leaderboard.md" leaderboard_soc.md
             ;;
         *)
-            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile ablations leaderboard_rate leaderboard leaderboard_soc)" | tee -a "$LOG"
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile ablations leaderboard_rate leaderboard leaderboard_pixels leaderboard_soc)" | tee -a "$LOG"
             return 2
             ;;
     esac

@@ -96,3 +96,21 @@ def test_leaderboard_rate_part_runs_both_ways_with_workers(tmp_path):
     for side in ("lb_cpu", "lb_gpu"):
         assert (tmp_path / "work" / side / "workers" / "mlb.log").is_file()
     assert "| concat |" in (tmp_path / "out" / "leaderboard_cpu.md").read_text() and r.returncode == 0
+
+
+def test_leaderboard_pixels_part_continues_from_the_committed_results(tmp_path):
+    """The first call trains both entries and returns its results; a second call given those
+    results (as if committed) trains nothing and returns the same entries."""
+    import json
+
+    r = _run(tmp_path / "a", "leaderboard_pixels", PIX_RESULTS=str(tmp_path / "none.json"))
+    log = (tmp_path / "a" / "out" / "device.log").read_text()
+    assert "== leaderboard_pixels: rc 0" in log, log[-2000:]
+    first = json.loads((tmp_path / "a" / "out" / "soc_pixels_results.json").read_text())["entries"]
+    assert {e["fusion"] for e in first.values()} == {"concat", "mlb"} and r.returncode == 0
+    assert all(e["task"] == "soc_pixels" for e in first.values())
+    r = _run(tmp_path / "b", "leaderboard_pixels", PIX_RESULTS=str(tmp_path / "a" / "out" / "soc_pixels_results.json"))
+    log = (tmp_path / "b" / "out" / "device.log").read_text()
+    assert "== leaderboard_pixels: rc 0" in log, log[-2000:]
+    second = json.loads((tmp_path / "b" / "out" / "soc_pixels_results.json").read_text())["entries"]
+    assert second == first  # nothing retrained: a retrained entry has its own train s and curve
