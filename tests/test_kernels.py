@@ -15,6 +15,24 @@ import mmfuse.functional as Fn
 import mmfuse.fusions.factorized as fac
 from mmfuse import kernels
 
+try:  # the kernels' module, and a kernel of the tests' own that calls its dropout draw
+    import triton
+    import triton.language as tl
+
+    from mmfuse import _triton_kernels as tk
+except ImportError:
+    tk = None
+else:
+
+    @triton.jit
+    def _write_keep(OUT, W, seed, p_drop, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        for start in range(0, W, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            keep = tk.dropout_keep(seed, row * W + cols, p_drop)
+            tl.store(OUT + row * W + cols, keep.to(tl.float32), mask=cols < W)
+
+
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 needs_kernels = pytest.mark.skipif(
@@ -154,22 +172,66 @@ def test_mfh_tail_zero_rows_strided_rows_and_empty():
     assert e.grad.shape == e.shape
 
 
+def kernel_keep_masks(n: int, width: int, seed: int, p: float) -> torch.Tensor:
+    """The keep masks MFHTail draws for ``n`` rows of ``width`` (through the kernels' own
+    ``dropout_keep``, at each element's flat index)."""
+    out = torch.empty(n, width, device=DEVICE)
+    _write_keep[(n,)](out, width, seed, p, BLOCK=64)
+    return out
+
+
 @needs_kernels
-def test_mfh_uses_the_fused_tail_except_under_expanded_dropout(monkeypatch):
-    """Dropout on the expanded vectors sits inside the cascade, so a training MFH with it keeps
-    the torch ops; without it, or in eval mode, the fused tail runs."""
+@pytest.mark.parametrize("normalize", [True, False])
+def test_mfh_tail_dropout_matches_torch_with_the_same_masks(normalize):
+    """With dropout on the expanded vectors, the kernels equal the torch ops given the masks they
+    drew, forward and backward (the backward draws them again); about p of them are dropped."""
+    torch.manual_seed(3)
+    order, factor, hidden, p, seed = 3, 5, 40, 0.3, 1234
+    joint = torch.randn(6, order * factor * hidden, device=DEVICE)
+    keep = kernel_keep_masks(6, joint.shape[1], seed, p)
+    assert abs(1 - keep.mean().item() - p) < 0.03
+    a = joint.clone().requires_grad_(True)
+    b = joint.clone().requires_grad_(True)
+    ya = kernels.MFHTail.apply(a, order, factor, normalize, 1e-12, p, seed)
+    blocks, masks = b.unflatten(-1, (order, -1)), keep.unflatten(-1, (order, -1)) / (1 - p)
+    e, zs = None, []
+    for i in range(order):
+        e = blocks[:, i] * masks[:, i] if e is None else blocks[:, i] * e * masks[:, i]
+        z = Fn.sum_pool(e, factor)
+        zs.append(torch_power_normalize(z) if normalize else z)
+    yb = torch.cat(zs, -1)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(yb)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    scale = b.grad.abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    assert ((a.grad - b.grad).abs() / scale).max().item() < 1e-4
+    assert (a.grad[keep == 0] == 0).all()  # a dropped element passes no gradient
+
+
+@needs_kernels
+def test_mfh_dropout_in_the_kernel_follows_the_torch_seed_and_the_mode(monkeypatch):
+    """A training MFH with dropout runs the fused tail with a seed from torch's generator: the
+    same torch seed, the same output; another seed, another one; eval mode drops nothing (the
+    torch ops' output)."""
     calls = []
     real = kernels.MFHTail.apply
-    monkeypatch.setattr(kernels.MFHTail, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernels.MFHTail, "apply", lambda *a: calls.append(a[-2:]) or real(*a))
+    torch.manual_seed(0)
+    m = mmfuse.create_fusion("mfh", in_dims=(6, 5), out_dim=3, hidden_dim=8, factor=2, dropout_expanded=0.5).to(DEVICE)
     xs = [torch.randn(4, d, device=DEVICE) for d in (6, 5)]
-    m = mmfuse.create_fusion("mfh", in_dims=(6, 5), out_dim=3, hidden_dim=4, factor=2, dropout_expanded=0.5).to(DEVICE)
-    m.train()(*xs)
-    assert calls == []
-    m.eval()(*xs)
-    assert calls == [1]
-    m = mmfuse.create_fusion("mfh", in_dims=(6, 5), out_dim=3, hidden_dim=4, factor=2, dropout_expanded=0.0).to(DEVICE)
-    m.train()(*xs)
-    assert calls == [1, 1]
+    torch.manual_seed(7)
+    y1 = m.train()(*xs)
+    torch.manual_seed(7)
+    y2 = m(*xs)
+    y3 = m(*xs)
+    assert calls[0][0] == 0.5 and calls[0] == calls[1] != calls[2]
+    torch.testing.assert_close(y1, y2)
+    assert not torch.allclose(y1, y3)
+    y_eval = m.eval()(*xs)
+    assert calls[-1] == (0.0, 0)
+    monkeypatch.setattr(fac, "use_kernels", lambda x: False)
+    torch.testing.assert_close(y_eval, m(*xs), rtol=1e-5, atol=1e-6)
 
 
 @needs_kernels

@@ -27,22 +27,24 @@ PN_FORWARD = {"X": "*{t}", "Y": "*{t}", "NORM": "*fp32", "D": "i32", "stride_x":
               "eps_norm": "fp32", "BLOCK": "constexpr"}
 PN_BACKWARD = {"X": "*{t}", "G": "*{t}", "NORM": "*fp32", "DX": "*{t}", "D": "i32", "stride_x": "i64",
                "stride_g": "i64", "eps": "fp32", "eps_norm": "fp32", "BLOCK": "constexpr"}
-_MFH_META = {k: "constexpr" for k in ("P", "PP", "K", "KP", "BLOCK_H", "NORMALIZE")}
-MFH_FORWARD = {"J": "*{t}", "Y": "*{t}", "NORM": "*fp32", "H": "i32", "stride_j": "i64", "eps": "fp32",
-               "eps_norm": "fp32", **_MFH_META}
+_MFH_META = {k: "constexpr" for k in ("P", "PP", "K", "KP", "BLOCK_H", "NORMALIZE", "DROPOUT")}
+_MFH_SCALARS = {"eps": "fp32", "eps_norm": "fp32", "seed": "i32", "p_drop": "fp32", "scale": "fp32"}
+MFH_FORWARD = {"J": "*{t}", "Y": "*{t}", "NORM": "*fp32", "H": "i32", "stride_j": "i64", **_MFH_SCALARS, **_MFH_META}
 MFH_BACKWARD = {"J": "*{t}", "G": "*{t}", "NORM": "*fp32", "DJ": "*{t}", "H": "i32", "stride_j": "i64",
-                "stride_g": "i64", "eps": "fp32", "eps_norm": "fp32", **_MFH_META}
+                "stride_g": "i64", **_MFH_SCALARS, **_MFH_META}
 
 
 @pytest.fixture(scope="module")
 def jitted(tmp_path_factory):
-    """The kernels as compilable JIT functions (the cached ones may be interpreted ones); Triton's
-    cache and the cubins go to a temporary folder."""
+    """The kernels (mmfuse/_triton_kernels.py); Triton's cache and the cubins go to a temporary
+    folder."""
+    from mmfuse import _triton_kernels as tk
+
     folder = tmp_path_factory.mktemp("triton_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_CACHE_DIR", str(folder))
         names = ("pn_forward", "pn_backward", "mfh_forward", "mfh_backward")
-        yield {**dict(zip(names, kernels._kernels.__wrapped__())), "folder": folder}
+        yield {**{n: getattr(tk, n) for n in names}, "folder": folder}
 
 
 def _resources(jitted, name: str, signature: dict, constexprs: dict, arch: int, dtype: str) -> dict[str, int]:
@@ -65,7 +67,10 @@ def _resources(jitted, name: str, signature: dict, constexprs: dict, arch: int, 
 # the sizes the fusions launch at: MCB's 16000-wide sketch, MFH's 340 / MFB's 1000 pooled
 # blocks, BLOCK's 89-wide chunks, and the small ones of the contract tests
 PN_WIDTHS = [16000, 1000, 340, 89, 5]
-MFH_SIZES = [(2, 5, 340, True), (1, 5, 1000, True), (2, 5, 340, False), (3, 3, 20, True), (2, 2, 4, True)]
+# (order, factor, hidden, normalize, dropout): the benchmark's MFH / MFB, the papers' defaults
+# (dropout 0.1 on the expanded vectors), and small ones
+MFH_SIZES = [(2, 5, 340, True, 0.0), (1, 5, 1000, True, 0.0), (2, 5, 340, True, 0.1), (1, 5, 1000, True, 0.1),
+             (2, 5, 340, False, 0.0), (3, 3, 20, True, 0.1), (2, 2, 4, True, 0.0)]
 
 
 @pytest.mark.parametrize("arch", [80, 90])
@@ -80,8 +85,8 @@ def test_power_normalize_kernels_compile_without_spills(jitted, arch, dtype):
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_mfh_kernels_compile_without_spills(jitted, arch, dtype):
-    for order, factor, hidden, normalize in MFH_SIZES:
-        meta = kernels.mfh_meta(order, factor, hidden, normalize)
+    for order, factor, hidden, normalize, p in MFH_SIZES:
+        meta = kernels.mfh_meta(order, factor, hidden, normalize, p)
         for name, sig in (("mfh_forward", MFH_FORWARD), ("mfh_backward", MFH_BACKWARD)):
             res = _resources(jitted, name, sig, meta, arch, dtype)
             assert res["REG"] > 0 and res["STACK"] == 0 and res["LOCAL"] == 0, (name, meta, res)

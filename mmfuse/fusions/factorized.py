@@ -112,7 +112,10 @@ class MFH(VectorFusion):
     before its pooling, as in the paper and block.bootstrap. No nonlinearity on the
     projections (``activation=None``). Paper defaults: ``order=2``, ``hidden_dim=1000``,
     ``factor=5``, dropout 0.1 on the expanded vectors. The ``p`` blocks' projections of one
-    modality run as one GEMM.
+    modality run as one GEMM. On CUDA with Triton the tail after the projections (cascade,
+    dropout, pooling, norms) is one kernel each way (:class:`mmfuse.kernels.MFHTail`); its
+    dropout masks are Philox draws seeded from torch's CPU generator, the same distribution as
+    ``nn.Dropout``'s but other draws.
 
     Args:
         in_dims: ``(D_1, .., D_M)``; out_dim: output features; hidden_dim: o; factor: k;
@@ -174,9 +177,12 @@ class MFH(VectorFusion):
         joint = hs[0]
         for h in hs[1:]:
             joint = joint * h
-        if use_kernels(joint) and (isinstance(self.drop_expanded, nn.Identity) or not self.training):
-            # the cascade, pooling and norms in one kernel each way (mmfuse.kernels.MFHTail)
-            return self.head(MFHTail.apply(joint, self.order, self.factor, self.normalize, 1e-12))
+        p = self.drop_expanded.p if self.training and isinstance(self.drop_expanded, nn.Dropout) else 0.0
+        if use_kernels(joint) and not (p and _capturing(joint)):
+            # the cascade, dropout, pooling and norms in one kernel each way (mmfuse.kernels.MFHTail);
+            # the dropout seed comes from torch's CPU generator, so torch.manual_seed repeats it
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p else 0
+            return self.head(MFHTail.apply(joint, self.order, self.factor, self.normalize, 1e-12, p, seed))
         joint = joint.unflatten(-1, (self.order, self.factor * self.hidden_dim))  # [N, p, k*H]
         e, zs = None, []
         for i in range(self.order):
@@ -340,6 +346,12 @@ class Tucker(VectorFusion):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, projected_dims={self.projected_dims}"
+
+
+def _capturing(x: Tensor) -> bool:
+    """Whether ``x``'s CUDA stream is being captured into a graph (a seed drawn on the host would be
+    frozen into it)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _half_compute(x: Tensor) -> bool:
