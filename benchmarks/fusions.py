@@ -25,6 +25,10 @@ measured in a fresh process; CUDA: max_memory_allocated). With ``--cuda-graph``,
 is the same forward + backward captured once and replayed as a CUDA graph: the GPU's own time,
 without the host's per-operator launch cost, which dominates small steps in eager mode
 (docs/BENCHMARKS.md); ``graph / square graph`` is its ratio to the square GEMM's graph.
+``--square-baseline``: the bare GEMM is one bias-free square Linear with the fusion's weight
+count, the fastest per weight of the sides ``isqrt(params)`` and that rounded down to multiples
+of 8, 64 and 128, its time scaled to the fusion's weight count (``micro.square_sides``: one slow
+GEMM shape would otherwise flatter a fusion; ``square side`` records the side used).
 """
 
 from __future__ import annotations
@@ -259,17 +263,33 @@ def measure(name: str, shape: str, args, device, dtype) -> Row:
         if b is not None:
             row.extra["block graph f+b"] = _graph(b, bxs, True, args, device)
     if args.square_baseline:
-        # one square Linear with the fusion's weight count, same rows and dtype
-        side = int(row.params**0.5)
-        lin = torch.nn.Linear(side, side, bias=False).to(device=device, dtype=dtype)
+        # one square Linear with the fusion's weight count, same rows and dtype: the fastest per
+        # weight of a few sides (micro.square_sides), scaled to the fusion's weight count
         rows = xs[0].shape[:-1].numel()
-        sx = torch.randn(rows, side, device=device, dtype=dtype, requires_grad=True)
-        _, sfb = _runner(lin, [sx], False, args.autocast, device)
-        row.extra["square GEMM f+b"] = _time(sfb, device, args.repeat)
+        squares = {}
+
+        def square(side):
+            if side not in squares:
+                lin = torch.nn.Linear(side, side, bias=False).to(device=device, dtype=dtype)
+                squares[side] = (lin, torch.randn(rows, side, device=device, dtype=dtype, requires_grad=True))
+            return squares[side]
+
+        def eager(side):
+            lin, sx = square(side)
+            return min(_time(_runner(lin, [sx], False, args.autocast, device)[1], device, args.repeat)
+                       for _ in range(args.rounds))
+
+        row.extra["square GEMM f+b"], row.extra["square side"] = micro.square_baseline(row.params, eager)
         if b is not None:
             row.extra["block / square"] = row.block_fb / row.extra["square GEMM f+b"]
         row.extra["mmfuse / square"] = row.fb / row.extra["square GEMM f+b"]
-        square_graph = _graph(lin, [sx], False, args, device) if args.cuda_graph else None
+        square_graph = None
+        if args.cuda_graph:
+            def graph(side):
+                lin, sx = square(side)
+                return _graph(lin, [sx], False, args, device)
+
+            square_graph, row.extra["square graph side"] = micro.square_baseline(row.params, graph)
         if square_graph:
             row.extra["square graph f+b"] = square_graph
             for key, impl in (("graph / square graph", "graph f+b"), ("block graph / square graph", "block graph f+b")):

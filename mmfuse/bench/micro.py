@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -198,6 +199,30 @@ def gemm_time(module, xs, list_input: bool, device: torch.device, repeat: int) -
 
 
 # ------------------------------------------------------------------ memory
+
+
+def square_sides(params: int) -> list[int]:
+    """Sides of the square bias-free Linears that stand for a module of ``params`` weights (issue
+    3's bare-GEMM baseline): ``isqrt(params)`` and that side rounded down to multiples of 8, 64
+    and 128, largest first.
+
+    GEMM libraries have slow shapes: on an H200 in bf16 at 2048 rows the 5024-wide square took
+    2.8 ms where the 6928-wide one, with twice the work, took 1.3 (session 12). Timing each side
+    and scaling by ``params / side**2`` (:func:`square_baseline`) keeps one unlucky shape from
+    flattering a fusion's ratio."""
+    side = math.isqrt(max(int(params), 1))
+    return sorted({side - side % k for k in (1, 8, 64, 128) if side - side % k > 0}, reverse=True)
+
+
+def square_baseline(params: int, time_side: Callable[[int], float | None]) -> tuple[float | None, int | None]:
+    """``(ms, side)``: the fastest of :func:`square_sides` per weight, ``time_side(side)`` scaled
+    to ``params`` weights (``None`` where ``time_side`` gives ``None`` for every side)."""
+    best: tuple[float | None, int | None] = (None, None)
+    for side in square_sides(params):
+        ms = time_side(side)
+        if ms is not None and (best[0] is None or ms * params / side**2 < best[0]):
+            best = (ms * params / side**2, side)
+    return best
 
 
 def status_mb(key: str) -> float:
