@@ -102,7 +102,7 @@ def _ssqrt(z, eps):
     return z * tl.rsqrt(tl.maximum(tl.abs(z), eps))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: no recompiles
 def mfh_forward(J, Y, NORM, H, stride_j, eps, eps_norm, seed, p_drop, scale, P: tl.constexpr, PP: tl.constexpr,
                 K: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr, NORMALIZE: tl.constexpr,
                 DROPOUT: tl.constexpr):
@@ -138,7 +138,7 @@ def mfh_forward(J, Y, NORM, H, stride_j, eps, eps_norm, seed, p_drop, scale, P: 
                 tl.store(y_row + i * H + hs, y.to(Y.dtype.element_ty), mask=hs < H)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: no recompiles
 def mfh_backward(J, G, NORM, DJ, H, stride_j, stride_g, eps, eps_norm, seed, p_drop, scale, P: tl.constexpr,
                  PP: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr,
                  NORMALIZE: tl.constexpr, DROPOUT: tl.constexpr):
