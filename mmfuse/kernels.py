@@ -13,6 +13,10 @@ vectors ``e_i = Dropout(joint_i ⊙ e_{i-1})``, the sum pooling over windows of 
 power normalisation of each block, one kernel each way in place of about 20 (docs/BENCHMARKS.md:
 MFH's eager step was bound by launching them).
 
+Both are torch custom ops (``torch.ops.mmfuse.power_normalize``, ``torch.ops.mmfuse.mfh_tail``,
+each with its ``_backward`` op), so torch.compile (fullgraph) and torch.export see one opaque
+call each way rather than tracing into the Triton launch, which cannot run on their fake
+tensors. That needs ``torch.library.custom_op`` (torch >= 2.4); on older torch the torch ops run.
 The kernels themselves are in :mod:`mmfuse._triton_kernels`, imported on first use.
 
 They are used for CUDA tensors when Triton imports (it ships with PyTorch's CUDA wheels) and
@@ -48,9 +52,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# the kernels are torch custom ops (opaque to torch.compile and torch.export, which would otherwise
+# trace into the Triton launch), which needs torch.library.custom_op (torch >= 2.4)
+_CUSTOM_OPS = hasattr(torch.library, "custom_op")
+
+
 def use_kernels(x: Tensor) -> bool:
-    """Whether the fused kernels run for ``x``: CUDA (or the interpreter), float, Triton present."""
-    return (x.is_cuda or interpreting()) and x.is_floating_point() and x.dtype != torch.float64 and triton_available()
+    """Whether the fused kernels run for ``x``: CUDA (or the interpreter), float, Triton present,
+    torch >= 2.4."""
+    return ((x.is_cuda or interpreting()) and x.is_floating_point() and x.dtype != torch.float64
+            and _CUSTOM_OPS and triton_available())
 
 
 @lru_cache(maxsize=None)
@@ -84,38 +95,57 @@ def _rows(x: Tensor) -> Tensor:
     return x.contiguous().view(-1, d)
 
 
-class PowerNormalize(torch.autograd.Function):
-    """``l2_normalize(signed_sqrt(x, eps), eps_norm)`` over the last dim, one kernel each way.
+def _pn_forward(x: Tensor, eps: float, eps_norm: float) -> tuple[Tensor, Tensor]:
+    x2 = _rows(x)
+    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    norm = torch.empty(x2.shape[0], device=x.device, dtype=torch.float32)
+    if x2.shape[0] and x2.shape[1]:
+        _kernels()[0][(x2.shape[0],)](x2, y.view(x2.shape), norm, x2.shape[1], x2.stride(0), eps, eps_norm,
+                                      BLOCK=_block(x2.shape[1]))
+    return y, norm
+
+
+def _pn_backward(x: Tensor, grad: Tensor, norm: Tensor, eps: float, eps_norm: float) -> Tensor:
+    x2, g2 = _rows(x), _rows(grad)
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    if x2.shape[0] and x2.shape[1]:
+        _kernels()[1][(x2.shape[0],)](x2, g2, norm, dx.view(x2.shape), x2.shape[1], x2.stride(0), g2.stride(0), eps,
+                                      eps_norm, BLOCK=_block(x2.shape[1]))
+    return dx
+
+
+def _pn_fake(x: Tensor, eps: float, eps_norm: float) -> tuple[Tensor, Tensor]:
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(rows, dtype=torch.float32)
+
+
+def _pn_backward_fake(x: Tensor, grad: Tensor, norm: Tensor, eps: float, eps_norm: float) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _pn_setup(ctx, inputs, output) -> None:
+    x, eps, eps_norm = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.eps, ctx.eps_norm = eps, eps_norm
+
+
+def _pn_autograd(ctx, grad: Tensor, _grad_norm):
+    x, norm = ctx.saved_tensors
+    return torch.ops.mmfuse.power_normalize_backward(x, grad, norm, ctx.eps, ctx.eps_norm), None, None
+
+
+class PowerNormalize:
+    """``l2_normalize(signed_sqrt(x, eps), eps_norm)`` over the last dim, one kernel each way:
+    the custom op ``torch.ops.mmfuse.power_normalize`` (its backward is
+    ``mmfuse.power_normalize_backward``).
 
     Same values and gradients as :func:`mmfuse.functional.power_normalize`'s torch ops, computed
     in float32 and returned in ``x``'s dtype. Saves ``x`` and the per-row norm.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, eps: float, eps_norm: float) -> Tensor:
-        fwd = _kernels()[0]
-        x2 = _rows(x)
-        y = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
-        norm = torch.empty(x2.shape[0], device=x.device, dtype=torch.float32)
-        if x2.shape[0] and x2.shape[1]:
-            fwd[(x2.shape[0],)](x2, y, norm, x2.shape[1], x2.stride(0), eps, eps_norm, BLOCK=_block(x2.shape[1]))
-        ctx.save_for_backward(x2, norm)
-        ctx.eps, ctx.eps_norm, ctx.shape = eps, eps_norm, x.shape
-        return y.view(x.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        bwd = _kernels()[1]
-        x2, norm = ctx.saved_tensors
-        g2 = _rows(grad)
-        dx = torch.empty(x2.shape, device=x2.device, dtype=x2.dtype)
-        if x2.shape[0] and x2.shape[1]:
-            bwd[(x2.shape[0],)](
-                x2, g2, norm, dx, x2.shape[1], x2.stride(0), g2.stride(0), ctx.eps, ctx.eps_norm,
-                BLOCK=_block(x2.shape[1]),
-            )
-        return dx.view(ctx.shape), None, None
+    def apply(x: Tensor, eps: float, eps_norm: float) -> Tensor:
+        return torch.ops.mmfuse.power_normalize(x, eps, eps_norm)[0]
 
 
 def _pow2(n: int) -> int:
@@ -136,45 +166,96 @@ def mfh_meta(order: int, factor: int, hidden: int, normalize: bool, p_drop: floa
                 NORMALIZE=bool(normalize), DROPOUT=p_drop > 0)
 
 
-class MFHTail(torch.autograd.Function):
+def _mfh_sizes(joint: Tensor, order: int, factor: int) -> tuple[int, int]:
+    rows = joint.numel() // joint.shape[-1] if joint.shape[-1] else 0
+    return rows, joint.shape[-1] // (order * factor)
+
+
+def _mfh_args(eps: float, p_drop: float, seed: Tensor) -> tuple:
+    scale = 1.0 / (1.0 - p_drop) if p_drop < 1.0 else 0.0
+    return eps, eps, int(seed), float(p_drop), scale
+
+
+def _mfh_forward(joint: Tensor, order: int, factor: int, normalize: bool, eps: float, p_drop: float,
+                 seed: Tensor) -> tuple[Tensor, Tensor]:
+    j2 = _rows(joint)
+    rows, hidden = _mfh_sizes(joint, order, factor)
+    y = torch.empty(*joint.shape[:-1], order * hidden, device=joint.device, dtype=joint.dtype)
+    norm = torch.empty(rows, order, device=joint.device, dtype=torch.float32)
+    if rows and hidden:
+        _kernels()[2][(rows,)](j2, y.view(rows, -1), norm, hidden, j2.stride(0), *_mfh_args(eps, p_drop, seed),
+                               **mfh_meta(order, factor, hidden, normalize, p_drop))
+    return y, norm
+
+
+def _mfh_backward(joint: Tensor, grad: Tensor, norm: Tensor, order: int, factor: int, normalize: bool, eps: float,
+                  p_drop: float, seed: Tensor) -> Tensor:
+    j2, g2 = _rows(joint), _rows(grad)
+    rows, hidden = _mfh_sizes(joint, order, factor)
+    dj = torch.empty(joint.shape, device=joint.device, dtype=joint.dtype)
+    if rows and hidden:
+        _kernels()[3][(rows,)](j2, g2, norm, dj.view(rows, -1), hidden, j2.stride(0), g2.stride(0),
+                               *_mfh_args(eps, p_drop, seed), **mfh_meta(order, factor, hidden, normalize, p_drop))
+    return dj
+
+
+def _mfh_fake(joint: Tensor, order: int, factor: int, normalize: bool, eps: float, p_drop: float,
+              seed: Tensor) -> tuple[Tensor, Tensor]:
+    rows, hidden = _mfh_sizes(joint, order, factor)
+    return joint.new_empty(*joint.shape[:-1], order * hidden), joint.new_empty(rows, order, dtype=torch.float32)
+
+
+def _mfh_backward_fake(joint: Tensor, grad: Tensor, norm: Tensor, order: int, factor: int, normalize: bool,
+                       eps: float, p_drop: float, seed: Tensor) -> Tensor:
+    return torch.empty_like(joint, memory_format=torch.contiguous_format)
+
+
+def _mfh_setup(ctx, inputs, output) -> None:
+    joint, *rest = inputs
+    ctx.save_for_backward(joint, output[1], rest[-1])
+    ctx.rest = rest[:-1]
+
+
+def _mfh_autograd(ctx, grad: Tensor, _grad_norm):
+    joint, norm, seed = ctx.saved_tensors
+    dj = torch.ops.mmfuse.mfh_tail_backward(joint, grad, norm, *ctx.rest, seed)
+    return dj, None, None, None, None, None, None
+
+
+class MFHTail:
     """MFB / MFH after the projections: ``joint [..., P·K·H]`` (the modalities' projections
     multiplied, block ``i`` in columns ``[i·K·H, (i+1)·K·H)``) to ``[z_1; ..; z_P]`` with
     ``e_i = Dropout_p(joint_i ⊙ e_{i-1})``, ``z_i = SumPool_K(e_i)``, then ``power_normalize``
-    per block when ``normalize``. The same values as those torch ops, computed in float32 and
+    per block when ``normalize``: the custom op ``torch.ops.mmfuse.mfh_tail`` (its backward is
+    ``mmfuse.mfh_tail_backward``). The same values as those torch ops, computed in float32 and
     returned in ``joint``'s dtype. The dropout masks are Philox draws of ``(seed, element)``
     (:func:`mmfuse._triton_kernels.dropout_keep`), drawn again in the backward rather than
-    stored. Saves ``joint`` and the per-block norms; the backward recomputes the rest.
-
-    Inputs ``joint, order, factor, normalize, eps, p_drop, seed``.
+    stored; ``seed`` is a one-element int64 tensor (drawn from torch's CPU generator by MFH, in
+    the graph under torch.compile). Saves ``joint`` and the per-block norms; the backward
+    recomputes the rest.
     """
 
     @staticmethod
-    def forward(ctx, joint: Tensor, order: int, factor: int, normalize: bool, eps: float, p_drop: float = 0.0,
-                seed: int = 0) -> Tensor:
-        fwd = _kernels()[2]
-        j2 = _rows(joint)
-        n, width = j2.shape
-        hidden = width // (order * factor)
-        y = torch.empty(n, order * hidden, device=joint.device, dtype=joint.dtype)
-        norm = torch.empty(n, order, device=joint.device, dtype=torch.float32)
-        meta = mfh_meta(order, factor, hidden, normalize, p_drop)
-        scale = 1.0 / (1.0 - p_drop) if p_drop < 1.0 else 0.0
-        args = (eps, eps, int(seed), float(p_drop), scale)
-        if n and hidden:
-            fwd[(n,)](j2, y, norm, hidden, j2.stride(0), *args, **meta)
-        ctx.save_for_backward(j2, norm)
-        ctx.meta, ctx.args, ctx.shape = meta, args, joint.shape
-        return y.view(*joint.shape[:-1], order * hidden)
+    def apply(joint: Tensor, order: int, factor: int, normalize: bool, eps: float, p_drop: float = 0.0,
+              seed: Tensor | int = 0) -> Tensor:
+        if not isinstance(seed, Tensor):
+            seed = torch.tensor(int(seed), dtype=torch.int64)
+        return torch.ops.mmfuse.mfh_tail(joint, order, factor, normalize, eps, float(p_drop), seed)[0]
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        bwd = _kernels()[3]
-        j2, norm = ctx.saved_tensors
-        g2 = _rows(grad)
-        dj = torch.empty(j2.shape, device=j2.device, dtype=j2.dtype)
-        n, width = j2.shape
-        hidden = width // (ctx.meta["P"] * ctx.meta["K"])
-        if n and hidden:
-            bwd[(n,)](j2, g2, norm, dj, hidden, j2.stride(0), g2.stride(0), *ctx.args, **ctx.meta)
-        return dj.view(ctx.shape), None, None, None, None, None, None
+
+def _register() -> None:
+    """The custom ops, their fake (shape) functions and their autograd."""
+    pn = torch.library.custom_op("mmfuse::power_normalize", _pn_forward, mutates_args=())
+    pn_bwd = torch.library.custom_op("mmfuse::power_normalize_backward", _pn_backward, mutates_args=())
+    pn.register_fake(_pn_fake)
+    pn_bwd.register_fake(_pn_backward_fake)
+    pn.register_autograd(_pn_autograd, setup_context=_pn_setup)
+    mfh = torch.library.custom_op("mmfuse::mfh_tail", _mfh_forward, mutates_args=())
+    mfh_bwd = torch.library.custom_op("mmfuse::mfh_tail_backward", _mfh_backward, mutates_args=())
+    mfh.register_fake(_mfh_fake)
+    mfh_bwd.register_fake(_mfh_backward_fake)
+    mfh.register_autograd(_mfh_autograd, setup_context=_mfh_setup)
+
+
+if _CUSTOM_OPS:
+    _register()

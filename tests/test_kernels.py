@@ -216,7 +216,7 @@ def test_mfh_dropout_in_the_kernel_follows_the_torch_seed_and_the_mode(monkeypat
     torch ops' output)."""
     calls = []
     real = kernels.MFHTail.apply
-    monkeypatch.setattr(kernels.MFHTail, "apply", lambda *a: calls.append(a[-2:]) or real(*a))
+    monkeypatch.setattr(kernels.MFHTail, "apply", lambda *a: calls.append((a[-2], int(a[-1]))) or real(*a))
     torch.manual_seed(0)
     m = mmfuse.create_fusion("mfh", in_dims=(6, 5), out_dim=3, hidden_dim=8, factor=2, dropout_expanded=0.5).to(DEVICE)
     xs = [torch.randn(4, d, device=DEVICE) for d in (6, 5)]
@@ -253,6 +253,42 @@ def test_fusions_same_with_and_without_kernels(name, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     for g, x in zip(grads, xs):
         torch.testing.assert_close(g, x.grad, rtol=1e-3, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["mcb", "mfh", "block"])
+def test_fusions_with_kernels_compile_fullgraph_and_export(name):
+    """The kernels are custom ops (torch.ops.mmfuse.*): torch.compile and torch.export keep them
+    as single opaque calls instead of tracing into the Triton launch (which fails: a Triton kernel
+    cannot run on fake tensors)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = mmfuse.create_fusion(name, in_dims=(12, 10), out_dim=6, **dict(mmfuse.fusion_info(name).tiny)).to(DEVICE).eval()
+    xs = [torch.randn(5, d, device=DEVICE) for d in (12, 10)]
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(*xs), m(*xs))
+    exported = torch.export.export(m, tuple(xs))
+    op = "mfh_tail" if name == "mfh" else "power_normalize"
+    assert f"mmfuse.{op}" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(*xs), m(*xs))
+
+
+@needs_kernels
+def test_mfh_with_dropout_compiles_fullgraph_in_training():
+    """Training with dropout under torch.compile: the seed is drawn in the graph, from the same
+    generator, so the compiled step repeats the eager one under the same torch seed."""
+    torch._dynamo.reset()
+    m = mmfuse.create_fusion("mfh", in_dims=(6, 5), out_dim=3, hidden_dim=8, factor=2, dropout_expanded=0.5).to(DEVICE)
+    xs = [torch.randn(4, d, device=DEVICE, requires_grad=True) for d in (6, 5)]
+    compiled = torch.compile(m.train(), fullgraph=True, backend="eager")
+    outs = []
+    for f in (m, compiled):
+        torch.manual_seed(11)
+        y = f(*xs)
+        (g,) = torch.autograd.grad(y.square().sum(), xs[0])
+        outs.append((y.detach(), g))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    torch.testing.assert_close(outs[1][1], outs[0][1])
 
 
 def test_dispatch(monkeypatch):

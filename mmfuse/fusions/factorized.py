@@ -181,7 +181,7 @@ class MFH(VectorFusion):
         if use_kernels(joint) and not (p and _capturing(joint)):
             # the cascade, dropout, pooling and norms in one kernel each way (mmfuse.kernels.MFHTail);
             # the dropout seed comes from torch's CPU generator, so torch.manual_seed repeats it
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p else 0
+            seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if p else torch.zeros((), dtype=torch.int64)
             return self.head(MFHTail.apply(joint, self.order, self.factor, self.normalize, 1e-12, p, seed))
         joint = joint.unflatten(-1, (self.order, self.factor * self.hidden_dim))  # [N, p, k*H]
         e, zs = None, []
