@@ -57,11 +57,21 @@ def interpreting() -> bool:
 _CUSTOM_OPS = hasattr(torch.library, "custom_op")
 
 
+def _environment() -> tuple[bool, bool]:
+    """``(kernels available, interpreting)``; a constant to torch.compile, which would otherwise
+    trace into the cached Triton probe (and warn about the cache)."""
+    return _CUSTOM_OPS and triton_available(), interpreting()
+
+
+if hasattr(torch.compiler, "assume_constant_result"):
+    _environment = torch.compiler.assume_constant_result(_environment)
+
+
 def use_kernels(x: Tensor) -> bool:
     """Whether the fused kernels run for ``x``: CUDA (or the interpreter), float, Triton present,
     torch >= 2.4."""
-    return ((x.is_cuda or interpreting()) and x.is_floating_point() and x.dtype != torch.float64
-            and _CUSTOM_OPS and triton_available())
+    available, interpret = _environment()
+    return available and (x.is_cuda or interpret) and x.is_floating_point() and x.dtype != torch.float64
 
 
 @lru_cache(maxsize=None)
