@@ -43,6 +43,7 @@ def jitted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("triton_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_CACHE_DIR", str(folder))
+        mp.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default today, stated (it warns otherwise)
         names = ("pn_forward", "pn_backward", "mfh_forward", "mfh_backward")
         yield {**{n: getattr(tk, n) for n in names}, "folder": folder}
 
