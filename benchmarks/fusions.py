@@ -270,13 +270,12 @@ def measure(name: str, shape: str, args, device, dtype) -> Row:
 
         def square(side):
             if side not in squares:
-                lin = torch.nn.Linear(side, side, bias=False).to(device=device, dtype=dtype)
-                squares[side] = (lin, torch.randn(rows, side, device=device, dtype=dtype, requires_grad=True))
+                squares[side] = micro.square_linear(side, rows, device, dtype)
             return squares[side]
 
         def eager(side):
             lin, sx = square(side)
-            return min(_time(_runner(lin, [sx], False, args.autocast, device)[1], device, args.repeat)
+            return min(_time(_runner(lin, sx, False, args.autocast, device)[1], device, args.repeat)
                        for _ in range(args.rounds))
 
         row.extra["square GEMM f+b"], row.extra["square side"] = micro.square_baseline(row.params, eager)
@@ -287,7 +286,7 @@ def measure(name: str, shape: str, args, device, dtype) -> Row:
         if args.cuda_graph:
             def graph(side):
                 lin, sx = square(side)
-                return _graph(lin, [sx], False, args, device)
+                return _graph(lin, sx, False, args, device)
 
             square_graph, row.extra["square graph side"] = micro.square_baseline(row.params, graph)
         if square_graph:

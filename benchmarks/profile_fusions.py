@@ -99,9 +99,7 @@ def measure(name: str, module: torch.nn.Module, xs: list[torch.Tensor], args, de
 
 def square_of(params: int, rows: int, device, dtype) -> tuple[torch.nn.Module, list[torch.Tensor]]:
     """One bias-free square Linear with ``params`` weights and its input of ``rows`` rows."""
-    side = int(params**0.5)
-    lin = torch.nn.Linear(side, side, bias=False).to(device=device, dtype=dtype)
-    return lin, [torch.randn(rows, side, device=device, dtype=dtype, requires_grad=True)]
+    return micro.square_linear(int(params**0.5), rows, device, dtype)
 
 
 def render(rows: list[dict[str, Any]]) -> str:

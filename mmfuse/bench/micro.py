@@ -214,6 +214,12 @@ def square_sides(params: int) -> list[int]:
     return sorted({side - side % k for k in (1, 8, 64, 128) if side - side % k > 0}, reverse=True)
 
 
+def square_linear(side: int, rows: int, device, dtype) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """One bias-free ``side x side`` Linear and its input of ``rows`` rows (the bare GEMM)."""
+    lin = torch.nn.Linear(side, side, bias=False).to(device=device, dtype=dtype)
+    return lin, [torch.randn(rows, side, device=device, dtype=dtype, requires_grad=True)]
+
+
 def square_baseline(params: int, time_side: Callable[[int], float | None]) -> tuple[float | None, int | None]:
     """``(ms, side)``: the fastest of :func:`square_sides` per weight, ``time_side(side)`` scaled
     to ``params`` weights (``None`` where ``time_side`` gives ``None`` for every side)."""
