@@ -378,6 +378,45 @@ def _curve_callback():
     return Curve()
 
 
+def trained_on(accelerator: str) -> dict[str, str]:
+    """``{"accelerator", "machine"}`` of an entry trained with ``train.accelerator=accelerator``:
+    what ``auto`` resolves to here (``gpu`` where CUDA is available, as Lightning picks it, else
+    ``cpu``) and that device's name (the GPU's, or the CPU model and core count). Entries of one
+    results store can come from several machines (a CPU part, then a GPU part); their train s are
+    only comparable within one machine, so the table names the machines when they differ."""
+    import torch
+
+    acc = accelerator
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    if acc == "gpu" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+    else:
+        name = machine_name()
+    return {"accelerator": acc, "machine": name}
+
+
+def machine_name() -> str:
+    """The CPU model and core count (``/proc/cpuinfo`` where it exists)."""
+    from .micro import machine
+
+    return machine().split(", torch ", 1)[0]
+
+
+def machines_note(entries: Sequence[Mapping[str, Any]]) -> str:
+    """A line for the table when ``entries`` were trained on more than one machine, else ``""``.
+    Entries stored before the machine was recorded count as their ``accelerator``."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        where = e.get("machine") or f"accelerator {e.get('accelerator', 'unknown')}"
+        counts[where] = counts.get(where, 0) + 1
+    if len(counts) < 2:
+        return ""
+    listed = "; ".join(f"{k} ({v} entries)" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"\nEntries trained on {len(counts)} machines: {listed}. Train s, plateau s and latency ms are "
+            "comparable only between entries of one machine; accuracies are not affected.\n")
+
+
 def out_of_time(elapsed_s: float, longest_s: float, max_minutes: float) -> bool:
     """Whether an entry may not start: ``elapsed + longest entry so far > budget`` (seconds)."""
     return elapsed_s + longest_s > 60.0 * max_minutes
@@ -890,7 +929,7 @@ def run_leaderboard_bench(
                         "params": int(sum(p.numel() for p in model.parameters())),
                         "fusion_params": int(sum(p.numel() for p in model.fusion.parameters())),
                         "train_s": float(result.seconds), "samples_per_s": float(result.samples_per_s),
-                        "accelerator": accelerator,
+                        **trained_on(accelerator),
                         "start_step": int(getattr(result, "start_step", 0)), "curve": curve.points,
                         **plateau(curve.points), "checkpoint": str(result.checkpoint),
                     }
@@ -925,6 +964,7 @@ def run_leaderboard_bench(
         markdown += (f"\nEntries trained with --workers {'/'.join(map(str, shared))} shared the machine with the "
                      "other workers: their train s and latency ms are slower than alone; accuracies are not "
                      "affected.\n")
+    markdown += machines_note(chosen)
     if left and not train_missing:
         markdown += (f"\n{left} entries not trained (a worker stopped at the time limit or failed: see "
                      "workers/*.log); the same command run again continues with them.\n")

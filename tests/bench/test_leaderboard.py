@@ -275,6 +275,32 @@ def test_accelerator_reaches_the_trainer_and_not_the_digest(tmp_path):
 
     kw = dict(seeds=1, budget=1, out_dir=tmp_path, log=lambda s: None, device="cpu", plots=False, **TINY)
     first = lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=recording, accelerator="cpu", **kw)
-    assert seen == ["cpu"] and first.entries["interactions_o1/concat/seed0"]["accelerator"] == "cpu"
+    entry = first.entries["interactions_o1/concat/seed0"]
+    assert seen == ["cpu"] and entry["accelerator"] == "cpu" and entry["machine"] == lb.machine_name()
     again = lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=recording, **kw)  # accelerator auto
     assert seen == ["cpu"] and again.trained == 0  # the same entry: nothing retrained
+
+
+def test_an_entry_records_what_auto_resolved_to(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lb.trained_on("auto") == {"accelerator": "cpu", "machine": lb.machine_name()}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    assert lb.trained_on("auto") == {"accelerator": "gpu", "machine": "NVIDIA H200"}
+    assert lb.trained_on("cpu") == {"accelerator": "cpu", "machine": lb.machine_name()}
+    assert lb.machine_name() and ", torch" not in lb.machine_name()
+
+
+def test_the_table_names_the_machines_when_entries_come_from_several(tmp_path):
+    kw = dict(seeds=2, budget=1, out_dir=tmp_path, log=lambda s: None, device="cpu", plots=False, **TINY)
+    first = lb.run_leaderboard_bench(["interactions_o1"], "concat", accelerator="cpu", **kw)
+    assert first.trained == 2 and "machines" not in first.markdown  # one machine: no note
+    path = tmp_path / lb.RESULTS
+    state = json.loads(path.read_text())
+    state["entries"]["interactions_o1/concat/seed1"]["machine"] = "NVIDIA H200"
+    del state["entries"]["interactions_o1/concat/seed0"]["machine"]  # stored before machines were recorded
+    path.write_text(json.dumps(state))
+    again = lb.run_leaderboard_bench(["interactions_o1"], "concat", **kw)
+    assert again.trained == 0
+    assert "Entries trained on 2 machines: NVIDIA H200 (1 entries); accelerator cpu (1 entries)" in again.markdown
+    assert again.markdown == (tmp_path / "leaderboard.md").read_text()
