@@ -241,6 +241,78 @@ def _projected_dims(name: str, projected_dims: Sequence[int] | None, hidden_dim:
     return dims
 
 
+def bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """``z[c, n, k] = sum_ij w[c, k, i, j] x[c, n, i] y[c, n, j]``: ``C`` bilinear maps at once.
+
+    ``x`` Tensor[C, N, I], ``y`` Tensor[C, N, J], ``w`` Tensor[C, K, I, J] -> Tensor[C, N, K].
+    One GEMM per map over the rows' outer products, ``[N, I · J] x [I · J, K]``: its long inner
+    dimension runs near the GEMM's peak, where the other order, ``x @ w`` to ``[N, K · J]`` then
+    a batched dot with ``y``, writes and reads back an ``N · K · J`` intermediate (Tucker at
+    block.bootstrap's VQA sizes, 2 CPU threads: forward 20 ms against 30, forward + backward
+    80 against 100; docs/BENCHMARKS.md). With gradients on, :class:`_BilinearCore` computes the
+    backward with four batched GEMMs and no copy of ``w``'s gradient.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or w.requires_grad):
+        return _BilinearCore.apply(x, y, w)
+    return _bilinear_core(x, y, w)[0]
+
+
+def _bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """``(z, outer products)`` of :func:`bilinear_core`."""
+    c, n, i = x.shape
+    xy = (x.unsqueeze(-1) * y.unsqueeze(-2)).view(c, n, i * y.shape[-1])  # [C, N, I * J]
+    return torch.bmm(xy, w.view(c, w.shape[1], -1).transpose(1, 2)), xy
+
+
+class _BilinearCore(torch.autograd.Function):
+    """:func:`bilinear_core` with its backward as batched GEMMs: ``dw = dzᵀ (x ⊗ y)``,
+    ``d(x ⊗ y) = dz w``, then ``dx``, ``dy`` as batched matrix-vector products with ``y``, ``x``.
+    Autograd of the plain ops copies ``w``'s gradient out of the transposed view and forms ``dx``,
+    ``dy`` with a broadcast product and a sum. Backward computes in the forward output's dtype
+    (the autocast dtype of its GEMM) and returns each gradient in its input's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        z, xy = _bilinear_core(x, y, w)
+        ctx.save_for_backward(x, y, w, xy)
+        ctx.compute_dtype = z.dtype
+        return z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dz: Tensor):
+        x, y, w, xy = ctx.saved_tensors
+        cd = ctx.compute_dtype
+        c, n, i = x.shape
+        j = y.shape[-1]
+        dz = dz.to(cd)
+        need_x, need_y, need_w = ctx.needs_input_grad
+        dx = dy = dw = None
+        if need_x or need_y:  # first, so that d(x ⊗ y) is freed before w's gradient is allocated
+            dxy = torch.bmm(dz, w.to(cd).view(c, w.shape[1], i * j)).view(c * n, i, j)
+            if need_x:
+                dx = torch.bmm(dxy, y.to(cd).reshape(c * n, j, 1)).view(x.shape).to(x.dtype)
+            if need_y:
+                dy = torch.bmm(x.to(cd).reshape(c * n, 1, i), dxy).view(y.shape).to(y.dtype)
+            del dxy
+        if need_w:
+            dw = torch.bmm(dz.transpose(1, 2), xy.to(cd)).view(w.shape).to(w.dtype)
+        return dx, dy, dw
+
+
+def _old_core_layout(renames: dict[str, str], permutation: tuple[int, ...]):
+    """A load-state-dict pre-hook converting the earlier core layout: each tensor stored under an
+    old name of ``renames`` is permuted by ``permutation`` and stored under its new name (the old
+    names are what tell the layouts apart: a square core has the same shape in both)."""
+
+    def hook(state_dict, prefix, *args) -> None:
+        for old, new in renames.items():
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old).permute(*permutation).contiguous()
+
+    return hook
+
+
 @register_fusion(
     "tucker",
     kind="vector",
@@ -252,11 +324,13 @@ class Tucker(VectorFusion):
     """Tucker fusion with a full core: ``z = W_o((T_c ×1 x̃ ×2 ỹ) + b_c) + b_o``.
 
     ``x̃ = σ(W_x x)``, ``ỹ = σ(W_y y)`` (σ = tanh in the paper; block.bootstrap: none), then
-    ``t_k = sum_ij core[i, k, j] x̃_i ỹ_j + b_c[k]``. The core is stored as
-    ``Tensor[t_x, hidden_dim, t_y]`` so that ``x̃ @ core`` is one GEMM
-    ``[N, t_x] x [t_x, hidden_dim · t_y]`` followed by a batched dot with ``ỹ``.
+    ``t_k = sum_ij core_weight[k, i, j] x̃_i ỹ_j + b_c[k]``. The core is stored as
+    ``Tensor[hidden_dim, t_x, t_y]`` (``nn.Bilinear``'s layout), so that ``t`` is one GEMM
+    ``[N, t_x · t_y] x [t_x · t_y, hidden_dim]`` over the rows' outer products ``x̃ ⊗ ỹ``
+    (:func:`bilinear_core`). A state dict of the earlier layout (key ``core``,
+    ``Tensor[t_x, hidden_dim, t_y]``) is converted on load.
 
-    Memory: an intermediate of ``N · hidden_dim · t_y`` floats.
+    Memory: an intermediate of ``N · t_x · t_y`` floats (the outer products, kept for backward).
 
     Args:
         in_dims: ``(Dx, Dy)``; out_dim; hidden_dim: t_o (the core's output width);
@@ -296,9 +370,10 @@ class Tucker(VectorFusion):
         kw = dict(owner=name, device=device, dtype=dtype)
         self.inputs = InputProjections(self.in_dims, self.projected_dims, activation, dropout_input, dropout_projected, **kw)
         fk = dict(device=device, dtype=dtype)
-        self.core = nn.Parameter(uniform_(torch.empty(tx, hidden_dim, ty, **fk), tx))
+        self.core_weight = nn.Parameter(uniform_(torch.empty(hidden_dim, tx, ty, **fk), tx))
         self.core_bias = nn.Parameter(uniform_(torch.empty(hidden_dim, **fk), tx))
         self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
+        self._register_load_state_dict_pre_hook(_old_core_layout({"core": "core_weight"}, (1, 0, 2)))
 
     # pad t_x, t_o, t_y to multiples of this for 16-bit GEMMs on CUDA (see _pads); force_padding
     # pads everywhere (tests, on a CPU)
@@ -327,14 +402,13 @@ class Tucker(VectorFusion):
     def fuse(self, x: Tensor, y: Tensor) -> Tensor:
         px, ph, py = self._pads(x)
         xt, yt = self.inputs((x, y), pad=(px, py))
-        tx, ty = self.projected_dims
-        h = self.hidden_dim
-        core, bias = self.core, self.core_bias
+        core, bias = self.core_weight, self.core_bias
         if px or ph or py:
-            core, bias = F.pad(core, (0, py, 0, ph, 0, px)), F.pad(bias, (0, ph))
-            tx, h, ty = tx + px, h + ph, ty + py
-        t = (xt @ core.view(tx, h * ty)).unflatten(-1, (h, ty))  # [N, H, t_y]
-        z = (t @ yt.unsqueeze(-1)).squeeze(-1) + bias  # [N, H]
+            core, bias = F.pad(core, (0, py, 0, px, 0, ph)), F.pad(bias, (0, ph))
+        lead = torch.broadcast_shapes(xt.shape[:-1], yt.shape[:-1])
+        xs = xt.expand(*lead, xt.shape[-1]).reshape(1, -1, xt.shape[-1])  # [1, N, t_x]
+        ys = yt.expand(*lead, yt.shape[-1]).reshape(1, -1, yt.shape[-1])
+        z = bilinear_core(xs, ys, core.unsqueeze(0)).view(*lead, core.shape[0]) + bias  # [N, H]
         if self.normalize:
             z = power_normalize(z)  # padded features are 0: the norm is unchanged
         return self.head(z, pad_in=ph)
@@ -725,12 +799,13 @@ class BlockTucker(_ChunkedFusion):
     """BLOCK-Tucker: a block-superdiagonal core whose blocks are full bilinear maps.
 
     As :class:`Block`, but chunk ``c`` fuses with a full core:
-    ``z_c[k] = sum_ij core_c[i, k, j] x̃_c[i] ỹ_c[j] + b_c[k]`` (block.bootstrap's
-    ``nn.Bilinear(s, s, s)`` per chunk, computed with batched GEMMs instead). Chunks of equal
-    size share one ``Tensor[C_g, s, s, s]`` core tensor. Paper VQA defaults:
-    ``hidden_dim=1800, chunks=10``.
+    ``z_c[k] = sum_ij core_c[k, i, j] x̃_c[i] ỹ_c[j] + b_c[k]`` (block.bootstrap's
+    ``nn.Bilinear(s, s, s)`` per chunk, computed with batched GEMMs instead: :func:`bilinear_core`).
+    Chunks of equal size share one ``Tensor[C_g, s, s, s]`` core tensor (``core_weights[g]``,
+    indexed ``[chunk, k, i, j]``); a state dict of the earlier ``[chunk, i, k, j]`` layout (key
+    ``cores``) is converted on load. Paper VQA defaults: ``hidden_dim=1800, chunks=10``.
 
-    Memory: an intermediate of ``N · sum_c s_c²`` floats.
+    Memory: an intermediate of ``N · sum_c s_c²`` floats (the outer products, kept for backward).
 
     Parameters: ``sum_m (D_m + 1) H + sum_c (s_c³ + s_c) + (H + 1) · out_dim``.
     """
@@ -759,23 +834,25 @@ class BlockTucker(_ChunkedFusion):
         dropouts = (dropout_input, dropout_projected, dropout_pre_lin, dropout_output)
         self._build(hidden_dim, chunks, activation, output_activation, normalize, dropouts, device, dtype)
         kw = dict(device=device, dtype=dtype)
-        # cores[g]: Tensor[C_g, s, s, s] indexed [chunk, i (x), k (out), j (y)]
-        self.cores = nn.ParameterList(
+        # core_weights[g]: Tensor[C_g, s, s, s] indexed [chunk, k (out), i (x), j (y)]
+        self.core_weights = nn.ParameterList(
             nn.Parameter(uniform_(torch.empty(count, size, size, size, **kw), size)) for count, size in self.groups
         )
         self.core_biases = nn.ParameterList(
             nn.Parameter(uniform_(torch.empty(count, size, **kw), size)) for count, size in self.groups
         )
+        self._register_load_state_dict_pre_hook(
+            _old_core_layout({f"cores.{g}": f"core_weights.{g}" for g in range(len(self.groups))}, (0, 2, 1, 3))
+        )
 
     def _chunk_interaction(self, group: int, parts: list[Tensor]) -> Tensor:
         x, y = parts  # [C, N..., s] each
-        core, bias = self.cores[group], self.core_biases[group]
+        core, bias = self.core_weights[group], self.core_biases[group]
         c, s = core.shape[0], core.shape[1]
         lead = torch.broadcast_shapes(x.shape[1:-1], y.shape[1:-1])
         xc = x.expand(c, *lead, s).reshape(c, -1, s)  # [C, N, s]
-        t = torch.bmm(xc, core.view(c, s, s * s)).view(c, -1, s, s)  # [C, N, s_out, s_y]
-        yc = y.expand(c, *lead, s).reshape(c, -1, s, 1)  # [C, N, s, 1]
-        z = (t @ yc).squeeze(-1) + bias.unsqueeze(1)  # [C, N, s]
+        yc = y.expand(c, *lead, s).reshape(c, -1, s)
+        z = bilinear_core(xc, yc, core) + bias.unsqueeze(1)  # [C, N, s]
         return z.view(c, *lead, s)
 
     def expected_num_parameters(self) -> int:

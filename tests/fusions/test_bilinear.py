@@ -281,7 +281,7 @@ def test_tucker_is_an_explicit_triple_sum():
     xt, yt = (torch.tanh(lin(a)) for lin, a in zip(f.inputs.linears, (x, y)))
     for n in range(3):
         t = torch.tensor(
-            [sum(f.core[i, k, j] * xt[n, i] * yt[n, j] for i in range(2) for j in range(5)) + f.core_bias[k] for k in range(3)],
+            [sum(f.core_weight[k, i, j] * xt[n, i] * yt[n, j] for i in range(2) for j in range(5)) + f.core_bias[k] for k in range(3)],
             dtype=torch.float64,
         )
         torch.testing.assert_close(f(x, y)[n], f.head.linear(t))
@@ -294,7 +294,7 @@ def _tucker_like(src, core):
         for a, b in zip(t.inputs.linears, src.inputs.linears):
             a.load_state_dict(b.state_dict())
         t.head.load_state_dict(src.head.state_dict())
-        t.core.copy_(core)
+        t.core_weight.copy_(core)
         t.core_bias.zero_()
     return t
 
@@ -307,7 +307,7 @@ def test_mutan_equals_tucker_with_the_core_built_from_its_rank_terms():
         B.bias.zero_()
     # rank term r of modality m is rows [r*H, (r+1)*H) of its Linear
     Wa, Wb = A.weight.view(3, 5, 5), B.weight.view(3, 5, 5)  # [R, out, in]
-    core = torch.einsum("roi,roj->ioj", Wa, Wb)  # [t_x, H, t_y]
+    core = torch.einsum("roi,roj->oij", Wa, Wb)  # [H, t_x, t_y]
     x, y = inputs((3, 4))
     torch.testing.assert_close(f(x, y), _tucker_like(f, core)(x, y))
 
@@ -335,7 +335,7 @@ def test_block_equals_tucker_with_a_block_diagonal_core():
             a = ma.weight[c].T.reshape(2, size, size)  # [R, out, in]
             b = mb.weight[c].T.reshape(2, size, size)
             sl = slice(start, start + size)
-            core[sl, sl, sl] = torch.einsum("roi,roj->ioj", a, b)
+            core[sl, sl, sl] = torch.einsum("roi,roj->oij", a, b)
             start += size
     x, y = inputs((3, 4))
     torch.testing.assert_close(f(x, y), _tucker_like(f, core)(x, y))
@@ -420,10 +420,10 @@ def test_block_tucker_reference():
     x, y = inputs((3, 4))
     xt, yt = (lin(a) for lin, a in zip(f.inputs.linears, (x, y)))
     zs, start = [], 0
-    for (count, size), core, bias in zip(f.groups, f.cores, f.core_biases):
+    for (count, size), core, bias in zip(f.groups, f.core_weights, f.core_biases):
         for c in range(count):
             sl = slice(start, start + size)
-            z = torch.einsum("ni,ikj,nj->nk", xt[:, sl], core[c], yt[:, sl]) + bias[c]
+            z = torch.einsum("ni,kij,nj->nk", xt[:, sl], core[c], yt[:, sl]) + bias[c]
             zs.append(ssqrt_l2(z))
             start += size
     torch.testing.assert_close(f(x, y), f.head.linear(torch.cat(zs, -1)))
@@ -433,9 +433,9 @@ def test_block_tucker_chunk_matches_torch_bilinear():
     f = BlockTucker((3, 4), 2, hidden_dim=6, chunks=2, normalize=False, dropout_projected=0.0)
     x, y = inputs((3, 4))
     xt, yt = (lin(a) for lin, a in zip(f.inputs.linears, (x, y)))
-    core, bias = f.cores[0], f.core_biases[0]
-    z0 = torch.nn.functional.bilinear(xt[:, :3], yt[:, :3], core[0].permute(1, 0, 2), bias[0])
-    z1 = torch.nn.functional.bilinear(xt[:, 3:], yt[:, 3:], core[1].permute(1, 0, 2), bias[1])
+    core, bias = f.core_weights[0], f.core_biases[0]
+    z0 = torch.nn.functional.bilinear(xt[:, :3], yt[:, :3], core[0], bias[0])
+    z1 = torch.nn.functional.bilinear(xt[:, 3:], yt[:, 3:], core[1], bias[1])
     torch.testing.assert_close(f(x, y), f.head.linear(torch.cat([z0, z1], -1)))
 
 
@@ -530,3 +530,60 @@ def test_tucker_pads_only_for_16_bit_compute():
     assert _half_compute(torch.zeros(2, dtype=torch.bfloat16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _half_compute(torch.zeros(2, dtype=torch.float32))
+
+
+def test_bilinear_core_is_the_triple_sum_with_its_gradients():
+    from mmfuse.fusions.factorized import _BilinearCore, bilinear_core
+
+    g = torch.Generator().manual_seed(0)
+    x, y, w = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((2, 3, 4), (2, 3, 5), (2, 6, 4, 5)))
+    ref = torch.einsum("cni,ckij,cnj->cnk", x, w, y)
+    torch.testing.assert_close(bilinear_core(x, y, w), ref)  # no gradients: the plain path
+    for need in [(True, True, True), (True, False, False), (False, True, False), (False, False, True)]:
+        args = [a.clone().requires_grad_(r) for a, r in zip((x, y, w), need)]
+        with torch.enable_grad():  # the module's float64 fixture runs under no_grad
+            assert torch.autograd.gradcheck(_BilinearCore.apply, args)
+            out = bilinear_core(*args)
+        assert out.grad_fn is not None and "BilinearCore" in type(out.grad_fn).__name__
+        torch.testing.assert_close(out, ref)
+    empty = bilinear_core(x[:, :0].requires_grad_(), y[:, :0], w.requires_grad_())
+    assert empty.shape == (2, 0, 6)
+
+
+def test_bilinear_core_under_bf16_autocast_returns_gradients_in_the_inputs_dtypes():
+    from mmfuse.fusions.factorized import bilinear_core
+
+    g = torch.Generator().manual_seed(1)
+    f32 = dict(generator=g, dtype=torch.float32)  # the module's fixture makes float64 the default
+    x, y = torch.randn(1, 8, 16, **f32), torch.randn(1, 8, 12, **f32)
+    w = torch.randn(1, 10, 16, 12, **f32, requires_grad=True)
+    with torch.enable_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            xb, yb = (a.bfloat16().requires_grad_() for a in (x, y))
+            z = bilinear_core(xb, yb, w)
+        assert z.dtype == torch.bfloat16
+        z.float().sum().backward()
+    assert xb.grad.dtype == yb.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    ref_w = torch.einsum("cni,cnj->cij", x, y).unsqueeze(1).expand_as(w)  # dz = 1 everywhere
+    torch.testing.assert_close(w.grad, ref_w, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(z.float(), torch.einsum("cni,ckij,cnj->cnk", x, w.detach(), y), atol=0.5, rtol=0.05)
+
+
+def test_state_dicts_of_the_earlier_core_layout_load_converted():
+    torch.manual_seed(0)
+    x, y = inputs((3, 4))
+    f = Tucker((3, 4), 2, hidden_dim=3, projected_dims=(2, 5)).eval()
+    old = f.state_dict()
+    old["core"] = old.pop("core_weight").permute(1, 0, 2)  # [t_x, H, t_y], as stored before
+    g = Tucker((3, 4), 2, hidden_dim=3, projected_dims=(2, 5)).eval()
+    g.load_state_dict(old)
+    torch.testing.assert_close(g(x, y), f(x, y))
+
+    f = BlockTucker((3, 4), 2, hidden_dim=7, chunks=2).eval()
+    assert len(f.groups) == 2
+    old = f.state_dict()
+    for k in range(2):
+        old[f"cores.{k}"] = old.pop(f"core_weights.{k}").permute(0, 2, 1, 3)  # [chunk, i, k, j]
+    g = BlockTucker((3, 4), 2, hidden_dim=7, chunks=2).eval()
+    g.load_state_dict(old)
+    torch.testing.assert_close(g(x, y), f(x, y))

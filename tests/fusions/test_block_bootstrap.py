@@ -81,7 +81,7 @@ def _pair(name):
         for dst, src in zip(m.inputs.linears, (b.linear0, b.linear1)):
             _copy(dst, src)
         with torch.no_grad():
-            m.core.copy_(b.bilinear.weight.permute(1, 0, 2))
+            m.core_weight.copy_(b.bilinear.weight)
             m.core_bias.copy_(b.bilinear.bias)
         _copy(m.head.linear, b.linear_out)
     elif name in ("block", "block_tucker"):
@@ -104,7 +104,7 @@ def _pair(name):
                             mod.weight[i].copy_(src.weight.T)
                             mod.bias[i].copy_(src.bias)
                     else:
-                        m.cores[g][i].copy_(b.bilinears[c].weight.permute(1, 0, 2))
+                        m.core_weights[g][i].copy_(b.bilinears[c].weight)
                         m.core_biases[g][i].copy_(b.bilinears[c].bias)
                     c += 1
     else:  # pragma: no cover
