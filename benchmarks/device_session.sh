@@ -39,9 +39,10 @@
 #                    (issue 7)                                                                  420
 #   leaderboard_pixels  the soc_pixels task (from pixels, the GPU-sized entries), 3 seeds,
 #                    --workers 8 on the GPU, --max-minutes 6: one resumable part. It starts
-#                    from docs/leaderboard/gpu-soc-pixels-results.json (what earlier sessions
-#                    trained) and returns the merged results.json as soc_pixels_results.json:
-#                    commit it over that file, so that parts add up across sessions (issue 7) 420
+#                    from docs/leaderboard/soc-pixels-results.json (what earlier sessions
+#                    trained, on a GPU or a CPU: each entry names its machine) and returns the
+#                    merged results.json as soc_pixels_results.json: commit it over that
+#                    file, so that parts add up across sessions (issue 7)                       420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
 #                    most attention fusions sit at the answer prior through 8 epochs,
 #                    docs/BENCHMARKS.md), 3 seeds, --max-minutes 6, resumable (issue 7)        420
@@ -114,7 +115,7 @@ else
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
     LB_PIX=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}" --no-plots)
 fi
-PIX_RESULTS=${PIX_RESULTS:-docs/leaderboard/gpu-soc-pixels-results.json}
+PIX_RESULTS=${PIX_RESULTS:-docs/leaderboard/soc-pixels-results.json}
 MICRO_EXTRA=()
 [ "$DEVICE" = cpu ] && MICRO_EXTRA=(--no-memory)
 
