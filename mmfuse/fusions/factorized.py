@@ -248,9 +248,10 @@ def bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
     One GEMM per map over the rows' outer products, ``[N, I · J] x [I · J, K]``: its long inner
     dimension runs near the GEMM's peak, where the other order, ``x @ w`` to ``[N, K · J]`` then
     a batched dot with ``y``, writes and reads back an ``N · K · J`` intermediate (Tucker at
-    block.bootstrap's VQA sizes, 2 CPU threads: forward 20 ms against 30, forward + backward
-    80 against 100; docs/BENCHMARKS.md). With gradients on, :class:`_BilinearCore` computes the
-    backward with four batched GEMMs and no copy of ``w``'s gradient.
+    block.bootstrap's VQA sizes, 2 CPU threads: forward 23 ms against 35, forward + backward
+    100-104 against 111-118; docs/BENCHMARKS.md, session 14). With gradients on,
+    :class:`_BilinearCore` computes the backward with four batched GEMMs and no copy of ``w``'s
+    gradient.
     """
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or w.requires_grad):
         return _BilinearCore.apply(x, y, w)
