@@ -109,8 +109,11 @@ CONFIGS: dict[str, Config] = {
 
 # 3-D inputs ([128, 36, D] = 4608 rows) are skipped where one call would take minutes on 2 cores
 # or its intermediate gigabytes: full cores (Tucker 4608 x 235^3, BLOCK-Tucker 4608 x 10 x 180^3
-# multiply-adds), the outer product (TFN) and per-row dynamic weights (DPP)
+# multiply-adds), the outer product (TFN) and per-row dynamic weights (DPP). Named in --fusions
+# by their exact name, Tucker and BLOCK-Tucker run at 3-D too (their cores go over the rows in
+# tiles; block's nn.Bilinear forms [4608, 180, 180] per chunk)
 SKIP_3D = ("bilinear", "tfn", "dpp", "tucker", "block_tucker")
+ON_REQUEST_3D = ("tucker", "block_tucker")
 
 # ------------------------------------------------------------------ block.bootstrap
 
@@ -363,7 +366,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         for shape in args.shapes.split(","):
-            if name in SKIP_3D and shape == "3d":
+            if name in SKIP_3D and shape == "3d" and not (name in ON_REQUEST_3D and name in patterns):
                 continue
             try:
                 rows.append(measure(name, shape, args, device, dtype))

@@ -174,28 +174,50 @@ class GemmRecorder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+# operand bytes above which gemm_time's replay shares one set of operands between the calls of
+# one layout: a tiled fusion at [128, 36, D] rows (BLOCK-Tucker: 60 GEMMs over 268 MB tiles) would
+# otherwise hold every call's operands at once
+REPLAY_SHARE_BYTES = 2 << 30
+
+
 def gemm_time(module, xs, list_input: bool, device: torch.device, repeat: int) -> float:
-    """Time of the GEMMs that one forward + backward runs, replayed alone (same shapes and strides)."""
+    """Time of the GEMMs that one forward + backward runs, replayed alone (same shapes and
+    strides; operands as :func:`replay_operands` makes them)."""
     rec = GemmRecorder()
     _, fb = runners(module, xs, list_input=list_input, device=device)
     with rec:
         fb()
     module.zero_grad(set_to_none=True)
-    replays = []
-    for func, layout, kwargs in rec.calls:
-        tensors = [
-            torch.empty_strided(s, st, device=device, dtype=xs[0].dtype).normal_()
-            if 0 not in st
-            else torch.randn(s, device=device, dtype=xs[0].dtype)  # a broadcast (stride-0) operand
-            for s, st in layout
-        ]
-        replays.append((func, tensors, kwargs))
+    replays = replay_operands(rec.calls, device, xs[0].dtype)
 
     def run():
         for func, tensors, kwargs in replays:
             func(*tensors, **kwargs)
 
     return time_ms(run, device, repeat)
+
+
+def replay_operands(calls, device: torch.device, dtype: torch.dtype) -> list[tuple[Any, list[torch.Tensor], dict]]:
+    """``[(func, operands, kwargs), ...]`` for :class:`GemmRecorder`'s calls: random operands of
+    the recorded shapes and strides. Each call gets its own, as in the fusion, unless they would
+    take more than :data:`REPLAY_SHARE_BYTES` together; then calls of one layout share theirs."""
+    item = torch.empty((), dtype=dtype).element_size()
+    total = sum(math.prod(s) * item for _, layout, _ in calls for s, _ in layout)
+    share: dict[tuple, list[torch.Tensor]] = {}
+    replays = []
+    for func, layout, kwargs in calls:
+        key = tuple((tuple(s), tuple(st)) for s, st in layout)
+        tensors = share.get(key) if total > REPLAY_SHARE_BYTES else None
+        if tensors is None:
+            tensors = [
+                torch.empty_strided(s, st, device=device, dtype=dtype).normal_()
+                if 0 not in st
+                else torch.randn(s, device=device, dtype=dtype)  # a broadcast (stride-0) operand
+                for s, st in layout
+            ]
+            share[key] = tensors
+        replays.append((func, tensors, kwargs))
+    return replays
 
 
 # ------------------------------------------------------------------ memory

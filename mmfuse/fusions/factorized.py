@@ -250,55 +250,120 @@ def bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
     a batched dot with ``y``, writes and reads back an ``N · K · J`` intermediate (Tucker at
     block.bootstrap's VQA sizes, 2 CPU threads: forward 23 ms against 35, forward + backward
     100-104 against 111-118; docs/BENCHMARKS.md, session 14). With gradients on,
-    :class:`_BilinearCore` computes the backward with four batched GEMMs and no copy of ``w``'s
-    gradient.
+    :class:`_BilinearCore` computes the backward with batched GEMMs and no copy of ``w``'s
+    gradient. Where the outer products of all chunks and rows would pass :data:`_CORE_TILE`
+    elements, they are formed one tile (a chunk, a block of rows) at a time, and formed again in
+    the backward instead of being kept (:func:`_core_tiles`).
     """
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or w.requires_grad):
         return _BilinearCore.apply(x, y, w)
     return _bilinear_core(x, y, w)[0]
 
 
-def _bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """``(z, outer products)`` of :func:`bilinear_core`."""
-    c, n, i = x.shape
-    xy = (x.unsqueeze(-1) * y.unsqueeze(-2)).view(c, n, i * y.shape[-1])  # [C, N, I * J]
-    return torch.bmm(xy, w.view(c, w.shape[1], -1).transpose(1, 2)), xy
+# elements of the rows' outer products in one tile of bilinear_core: 2^26 (256 MB in float32) on
+# a CPU, so that the products of a large batch are never held at once (BLOCK-Tucker at [128, 36, D]
+# rows: 6 GB, and as much again for their gradient). At [128, D] rows (41M elements) BLOCK-Tucker
+# stays one tile: there, one tile per chunk took 476-485 ms forward + backward against 454-461 on
+# 2 CPU threads (benchmarks/fusions.py, session 14). On a GPU up to 2^28, where tiles only bound
+# memory and each one costs kernel launches (as BLOCK's _TILE_ELEMENTS_CUDA).
+_CORE_TILE = 1 << 26
+_CORE_TILE_CUDA = 1 << 28
+
+
+def _core_tiles(x: Tensor, ij: int) -> list[tuple[int, slice]] | None:
+    """``None`` where the outer products of every chunk and row fit one tile, else the tiles
+    ``[(chunk, rows), ...]``, chunk-major with each chunk's rows in order."""
+    c, n = x.shape[0], x.shape[1]
+    limit = _CORE_TILE_CUDA if x.is_cuda else _CORE_TILE
+    if c * n * ij <= limit:
+        return None
+    step = max(1, limit // max(ij, 1))
+    return [(ci, slice(a, a + step)) for ci in range(c) for a in range(0, n, step)]
+
+
+def _outer(x: Tensor, y: Tensor) -> Tensor:
+    """Rows' outer products: ``[..., I]``, ``[..., J]`` -> ``[..., I · J]``."""
+    return (x.unsqueeze(-1) * y.unsqueeze(-2)).flatten(-2)
+
+
+def _bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(z, outer products)`` of :func:`bilinear_core`; the products are ``None`` when tiled."""
+    c, n, _ = x.shape
+    w2 = w.view(c, w.shape[1], -1)  # [C, K, I * J]
+    tiles = _core_tiles(x, w2.shape[-1])
+    if tiles is None:
+        xy = _outer(x, y)  # [C, N, I * J]
+        return torch.bmm(xy, w2.transpose(1, 2)), xy
+    zs = [torch.mm(_outer(x[ci, r], y[ci, r]), w2[ci].t()) for ci, r in tiles]
+    return torch.cat(zs).view(c, n, w2.shape[1]), None
 
 
 class _BilinearCore(torch.autograd.Function):
     """:func:`bilinear_core` with its backward as batched GEMMs: ``dw = dzᵀ (x ⊗ y)``,
     ``d(x ⊗ y) = dz w``, then ``dx``, ``dy`` as batched matrix-vector products with ``y``, ``x``.
     Autograd of the plain ops copies ``w``'s gradient out of the transposed view and forms ``dx``,
-    ``dy`` with a broadcast product and a sum. Backward computes in the forward output's dtype
-    (the autocast dtype of its GEMM) and returns each gradient in its input's dtype."""
+    ``dy`` with a broadcast product and a sum. Tiled (:func:`_core_tiles`), the forward keeps only
+    ``x``, ``y``, ``w`` and the backward forms each tile's products again, accumulating ``w``'s
+    gradient in its own dtype. Backward computes in the forward output's dtype (the autocast
+    dtype of its GEMM) and returns each gradient in its input's dtype."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         z, xy = _bilinear_core(x, y, w)
-        ctx.save_for_backward(x, y, w, xy)
+        ctx.save_for_backward(x, y, w, *([] if xy is None else [xy]))
         ctx.compute_dtype = z.dtype
         return z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dz: Tensor):
-        x, y, w, xy = ctx.saved_tensors
+        x, y, w, *kept = ctx.saved_tensors
         cd = ctx.compute_dtype
         c, n, i = x.shape
         j = y.shape[-1]
         dz = dz.to(cd)
+        w2 = w.to(cd).view(c, w.shape[1], i * j)
         need_x, need_y, need_w = ctx.needs_input_grad
+        if not kept:
+            return _tiled_core_backward(x, y, w, w2, dz, (need_x, need_y, need_w))
         dx = dy = dw = None
         if need_x or need_y:  # first, so that d(x ⊗ y) is freed before w's gradient is allocated
-            dxy = torch.bmm(dz, w.to(cd).view(c, w.shape[1], i * j)).view(c * n, i, j)
+            dxy = torch.bmm(dz, w2).view(c * n, i, j)
             if need_x:
                 dx = torch.bmm(dxy, y.to(cd).reshape(c * n, j, 1)).view(x.shape).to(x.dtype)
             if need_y:
                 dy = torch.bmm(x.to(cd).reshape(c * n, 1, i), dxy).view(y.shape).to(y.dtype)
             del dxy
         if need_w:
-            dw = torch.bmm(dz.transpose(1, 2), xy.to(cd)).view(w.shape).to(w.dtype)
+            dw = torch.bmm(dz.transpose(1, 2), kept[0].to(cd)).view(w.shape).to(w.dtype)
         return dx, dy, dw
+
+
+def _tiled_core_backward(x: Tensor, y: Tensor, w: Tensor, w2: Tensor, dz: Tensor, need: tuple[bool, bool, bool]):
+    """The backward of :class:`_BilinearCore` over :func:`_core_tiles`, ``w2`` = ``w`` as
+    ``[C, K, I · J]`` in the compute dtype ``dz.dtype``."""
+    cd = dz.dtype
+    i, j = x.shape[-1], y.shape[-1]
+    dx = torch.empty(x.shape, dtype=cd, device=x.device) if need[0] else None
+    dy = torch.empty(y.shape, dtype=cd, device=y.device) if need[1] else None
+    dw = torch.empty(w2.shape, dtype=w.dtype, device=w.device) if need[2] else None
+    for ci, r in _core_tiles(x, i * j) or []:
+        xt, yt, dzt = x[ci, r].to(cd), y[ci, r].to(cd), dz[ci, r]
+        if dx is not None or dy is not None:
+            dxy = (dzt @ w2[ci]).view(-1, i, j)  # [n, I, J]
+            if dx is not None:
+                dx[ci, r] = torch.bmm(dxy, yt.unsqueeze(-1)).squeeze(-1)
+            if dy is not None:
+                dy[ci, r] = torch.bmm(xt.unsqueeze(1), dxy).squeeze(1)
+            del dxy
+        if dw is not None:
+            g = dzt.t() @ _outer(xt, yt)  # [K, I * J]
+            if r.start == 0:
+                dw[ci].copy_(g)
+            else:
+                dw[ci] += g
+    return (None if dx is None else dx.to(x.dtype), None if dy is None else dy.to(y.dtype),
+            None if dw is None else dw.view(w.shape))
 
 
 def _old_core_layout(renames: dict[str, str], permutation: tuple[int, ...]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from script_helpers import load_script
 
 
@@ -54,3 +55,33 @@ def test_fusions_square_baseline_runs_on_the_cpu(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["extra"]["square side"] in micro.square_sides(row["params"])
     assert row["extra"]["mmfuse / square"] == row["fb"] / row["extra"]["square GEMM f+b"] > 0
+
+
+def test_fusions_runs_tucker_at_3d_only_when_named(tmp_path):
+    mod = load_script("fusions")
+    kw = ["--batch", "1", "--shapes", "2d,3d", "--repeat", "1", "--rounds", "1", "--no-block", "--no-memory"]
+    out = tmp_path / "named.json"
+    assert mod.main(["--fusions", "tucker", *kw, "--json", str(out)]) == 0
+    assert [r["shape"] for r in json.loads(out.read_text())] == ["2d", "3d"]
+    out = tmp_path / "pattern.json"
+    assert mod.main(["--fusions", "tuck*", *kw, "--json", str(out)]) == 0
+    assert [r["shape"] for r in json.loads(out.read_text())] == ["2d"]  # a pattern keeps the default skip
+
+
+def test_gemm_replay_shares_operands_only_past_its_memory_budget(monkeypatch):
+    from mmfuse.bench import micro
+
+    rec = micro.GemmRecorder()
+    a, b = torch.randn(4, 3), torch.randn(3, 5)
+    with rec:
+        a @ b
+        a @ b
+        a @ b.t().contiguous().t()  # another layout (strides)
+    calls = rec.calls
+    assert len(calls) == 3
+    own = micro.replay_operands(calls, torch.device("cpu"), torch.float32)
+    assert len({id(t) for _, ts, _ in own for t in ts}) == 6  # every call its own operands
+    monkeypatch.setattr(micro, "REPLAY_SHARE_BYTES", 0)
+    shared = micro.replay_operands(calls, torch.device("cpu"), torch.float32)
+    assert shared[0][1] is shared[1][1] and shared[2][1] is not shared[0][1]
+    assert [(tuple(t.shape), t.stride()) for t in shared[2][1]] == [((4, 3), (3, 1)), ((3, 5), (1, 3))]

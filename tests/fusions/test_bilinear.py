@@ -587,3 +587,36 @@ def test_state_dicts_of_the_earlier_core_layout_load_converted():
     g = BlockTucker((3, 4), 2, hidden_dim=7, chunks=2).eval()
     g.load_state_dict(old)
     torch.testing.assert_close(g(x, y), f(x, y))
+
+
+def test_bilinear_core_in_tiles_keeps_no_outer_products_and_gives_the_same_values(monkeypatch):
+    from mmfuse.fusions import factorized
+    from mmfuse.fusions.factorized import _BilinearCore, _core_tiles, bilinear_core
+
+    g = torch.Generator().manual_seed(2)
+    x, y, w = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((2, 5, 4), (2, 5, 3), (2, 6, 4, 3)))
+    ref = torch.einsum("cni,ckij,cnj->cnk", x, w, y)
+    dz = torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+    with torch.enable_grad():
+        whole_args = [a.clone().requires_grad_() for a in (x, y, w)]
+        whole = bilinear_core(*whole_args)
+        assert len(whole.grad_fn.saved_tensors) == 4  # one tile: the outer products are kept
+        whole_grads = torch.autograd.grad(whole, whole_args, dz)
+        monkeypatch.setattr(factorized, "_CORE_TILE", 24)  # 2 rows of 12 products a tile
+        assert _core_tiles(x, 12) == [(c, slice(a, a + 2)) for c in range(2) for a in (0, 2, 4)]
+        assert torch.autograd.gradcheck(_BilinearCore.apply, [a.clone().requires_grad_() for a in (x, y, w)])
+        args = [a.clone().requires_grad_() for a in (x, y, w)]
+        tiled = bilinear_core(*args)
+        assert len(tiled.grad_fn.saved_tensors) == 3  # x, y, w only
+        for a, b in zip(torch.autograd.grad(tiled, args, dz, retain_graph=True), whole_grads):
+            torch.testing.assert_close(a, b)  # float64: to about 1e-7
+        tiled.backward(torch.ones_like(tiled))
+    torch.testing.assert_close(tiled, ref)
+    torch.testing.assert_close(args[2].grad, torch.einsum("cni,cnj->cij", x, y).unsqueeze(1).expand_as(w))
+    with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        xb, yb = (a.float().bfloat16().requires_grad_() for a in (x, y))
+        wf = w.float().requires_grad_()
+        zb = bilinear_core(xb, yb, wf)
+        zb.float().sum().backward()
+    assert zb.dtype == xb.grad.dtype == torch.bfloat16 and wf.grad.dtype == torch.float32
+    torch.testing.assert_close(wf.grad.double(), args[2].grad, atol=0.1, rtol=0.05)
