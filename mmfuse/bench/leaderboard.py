@@ -386,21 +386,16 @@ def trained_on(accelerator: str) -> dict[str, str]:
     only comparable within one machine, so the table names the machines when they differ."""
     import torch
 
+    from .micro import cpu
+
     acc = accelerator
     if acc == "auto":
         acc = "gpu" if torch.cuda.is_available() else "cpu"
     if acc == "gpu" and torch.cuda.is_available():
         name = torch.cuda.get_device_name()
     else:
-        name = machine_name()
+        name = cpu()
     return {"accelerator": acc, "machine": name}
-
-
-def machine_name() -> str:
-    """The CPU model and core count (``/proc/cpuinfo`` where it exists)."""
-    from .micro import machine
-
-    return machine().split(", torch ", 1)[0]
 
 
 def machines_note(entries: Sequence[Mapping[str, Any]]) -> str:

@@ -14,7 +14,7 @@ The measurement core shared by ``mmfuse bench fusions`` and the scripts in ``ben
 - peak memory: CPU, the resident-set peak of one forward + backward in a fresh process
   (:func:`peak_rss_mb` run by :func:`child_peak_mb`: ``/proc/self/clear_refs`` resets
   ``VmHWM``); CUDA, ``torch.cuda.max_memory_allocated`` above the level before the call;
-- :func:`machine`: CPU model, cores, torch version and threads.
+- :func:`machine`: CPU model, cores (:func:`cpu`), torch version and threads.
 
 :func:`bench_fusions` measures every registered fusion at one size (vector fusions: M
 modalities of width ``dim`` -> ``dim``; attention fusions: K regions and T words of width
@@ -50,13 +50,18 @@ __all__ = [
     "bench_fusions",
     "build",
     "child_peak_mb",
+    "cpu",
     "cuda_peak_mb",
     "fmt",
     "gemm_time",
     "machine",
     "peak_rss_mb",
     "render",
+    "replay_operands",
     "runners",
+    "square_baseline",
+    "square_linear",
+    "square_sides",
     "status_mb",
     "sync",
     "time_ms",
@@ -202,12 +207,12 @@ def replay_operands(calls, device: torch.device, dtype: torch.dtype) -> list[tup
     the recorded shapes and strides. Each call gets its own, as in the fusion, unless they would
     take more than :data:`REPLAY_SHARE_BYTES` together; then calls of one layout share theirs."""
     item = torch.empty((), dtype=dtype).element_size()
-    total = sum(math.prod(s) * item for _, layout, _ in calls for s, _ in layout)
+    sharing = sum(math.prod(s) * item for _, layout, _ in calls for s, _ in layout) > REPLAY_SHARE_BYTES
     share: dict[tuple, list[torch.Tensor]] = {}
     replays = []
     for func, layout, kwargs in calls:
         key = tuple((tuple(s), tuple(st)) for s, st in layout)
-        tensors = share.get(key) if total > REPLAY_SHARE_BYTES else None
+        tensors = share.get(key) if sharing else None
         if tensors is None:
             tensors = [
                 torch.empty_strided(s, st, device=device, dtype=dtype).normal_()
@@ -295,15 +300,20 @@ def fmt(v: float | None, spec: str = ".1f") -> str:
     return "" if v is None else format(v, spec)
 
 
-def machine() -> str:
-    """``"<CPU model>, <cores> cores, torch <version>, <threads> threads"``."""
-    cpu = platform.processor() or platform.machine()
+def cpu() -> str:
+    """``"<CPU model>, <cores> cores"`` (the model from ``/proc/cpuinfo`` where it exists)."""
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def machine() -> str:
+    """``"<CPU model>, <cores> cores, torch <version>, <threads> threads"``."""
+    return f"{cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 # ------------------------------------------------------------------ every registered fusion

@@ -10,6 +10,7 @@ import torch
 
 import mmfuse
 from mmfuse.bench import leaderboard as lb
+from mmfuse.bench import micro
 from mmfuse.train import train
 
 TINY = {"n_train": 300, "n_test": 120}
@@ -276,19 +277,19 @@ def test_accelerator_reaches_the_trainer_and_not_the_digest(tmp_path):
     kw = dict(seeds=1, budget=1, out_dir=tmp_path, log=lambda s: None, device="cpu", plots=False, **TINY)
     first = lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=recording, accelerator="cpu", **kw)
     entry = first.entries["interactions_o1/concat/seed0"]
-    assert seen == ["cpu"] and entry["accelerator"] == "cpu" and entry["machine"] == lb.machine_name()
+    assert seen == ["cpu"] and entry["accelerator"] == "cpu" and entry["machine"] == micro.cpu()
     again = lb.run_leaderboard_bench(["interactions_o1"], "concat", train_fn=recording, **kw)  # accelerator auto
     assert seen == ["cpu"] and again.trained == 0  # the same entry: nothing retrained
 
 
 def test_an_entry_records_what_auto_resolved_to(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert lb.trained_on("auto") == {"accelerator": "cpu", "machine": lb.machine_name()}
+    assert lb.trained_on("auto") == {"accelerator": "cpu", "machine": micro.cpu()}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     assert lb.trained_on("auto") == {"accelerator": "gpu", "machine": "NVIDIA H200"}
-    assert lb.trained_on("cpu") == {"accelerator": "cpu", "machine": lb.machine_name()}
-    assert lb.machine_name() and ", torch" not in lb.machine_name()
+    assert lb.trained_on("cpu") == {"accelerator": "cpu", "machine": micro.cpu()}
+    assert micro.cpu().endswith(" cores") and ", torch" not in micro.cpu()
 
 
 def test_the_table_names_the_machines_when_entries_come_from_several(tmp_path):
