@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -46,6 +46,7 @@ import mmfuse
 
 __all__ = [
     "GemmRecorder",
+    "OutLayout",
     "MicroRow",
     "bench_fusions",
     "build",
@@ -161,11 +162,24 @@ GEMM_OPS = {
     torch.ops.aten.addmm.default,
     torch.ops.aten.bmm.default,
     torch.ops.aten.baddbmm.default,
+    # the same written into a given tensor (``torch.mm(a, b, out=t)``: bilinear_core by output feature)
+    torch.ops.aten.mm.out,
+    torch.ops.aten.addmm.out,
+    torch.ops.aten.bmm.out,
+    torch.ops.aten.baddbmm.out,
 }
 
 
+class OutLayout(NamedTuple):
+    """Shape and strides of a GEMM's ``out=`` tensor, as :class:`GemmRecorder` records it."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
 class GemmRecorder(TorchDispatchMode):
-    """Records every GEMM (op, sizes and strides of its tensor arguments)."""
+    """Records every GEMM (op, sizes and strides of its tensor arguments); an ``out=`` tensor is
+    recorded as its :class:`OutLayout`, so that the replay writes into a tensor of its own."""
 
     def __init__(self):
         super().__init__()
@@ -175,7 +189,8 @@ class GemmRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in GEMM_OPS:
             layout = [(tuple(a.shape), tuple(a.stride())) for a in args if isinstance(a, torch.Tensor)]
-            self.calls.append((func, layout, dict(kwargs)))
+            kw = {k: OutLayout(tuple(v.shape), tuple(v.stride())) if k == "out" else v for k, v in kwargs.items()}
+            self.calls.append((func, layout, kw))
         return func(*args, **kwargs)
 
 
@@ -205,10 +220,13 @@ def gemm_time(module, xs, list_input: bool, device: torch.device, repeat: int) -
 def replay_operands(calls, device: torch.device, dtype: torch.dtype) -> list[tuple[Any, list[torch.Tensor], dict]]:
     """``[(func, operands, kwargs), ...]`` for :class:`GemmRecorder`'s calls: random operands of
     the recorded shapes and strides. Each call gets its own, as in the fusion, unless they would
-    take more than :data:`REPLAY_SHARE_BYTES` together; then calls of one layout share theirs."""
+    take more than :data:`REPLAY_SHARE_BYTES` together; then calls of one layout share theirs.
+    Calls recorded with an ``out=`` tensor write into one tensor per :class:`OutLayout`, as the
+    fusion reused its buffer."""
     item = torch.empty((), dtype=dtype).element_size()
     sharing = sum(math.prod(s) * item for _, layout, _ in calls for s, _ in layout) > REPLAY_SHARE_BYTES
     share: dict[tuple, list[torch.Tensor]] = {}
+    outs: dict[OutLayout, torch.Tensor] = {}
     replays = []
     for func, layout, kwargs in calls:
         key = tuple((tuple(s), tuple(st)) for s, st in layout)
@@ -221,6 +239,11 @@ def replay_operands(calls, device: torch.device, dtype: torch.dtype) -> list[tup
                 for s, st in layout
             ]
             share[key] = tensors
+        out = kwargs.get("out")
+        if isinstance(out, OutLayout):
+            if out not in outs:
+                outs[out] = torch.empty_strided(out.shape, out.stride, device=device, dtype=dtype)
+            kwargs = {**kwargs, "out": outs[out]}
         replays.append((func, tensors, kwargs))
     return replays
 

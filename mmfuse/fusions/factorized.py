@@ -253,11 +253,13 @@ def bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
     :class:`_BilinearCore` computes the backward with batched GEMMs and no copy of ``w``'s
     gradient. Where the outer products of all chunks and rows would pass :data:`_CORE_TILE`
     elements, they are formed one tile (a chunk, a block of rows) at a time, and formed again in
-    the backward instead of being kept (:func:`_core_tiles`).
+    the backward instead of being kept (:func:`_core_tiles`). On a CPU, from
+    :data:`_BY_OUTPUT_ROWS` rows, a forward that keeps no products (no gradients, or tiled) runs
+    one GEMM per output feature instead (:func:`_bilinear_core_by_output`).
     """
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or w.requires_grad):
         return _BilinearCore.apply(x, y, w)
-    return _bilinear_core(x, y, w)[0]
+    return _bilinear_core(x, y, w, keep=False)[0]
 
 
 # elements of the rows' outer products in one tile of bilinear_core: 2^26 (256 MB in float32) on
@@ -286,11 +288,53 @@ def _outer(x: Tensor, y: Tensor) -> Tensor:
     return (x.unsqueeze(-1) * y.unsqueeze(-2)).flatten(-2)
 
 
-def _bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(z, outer products)`` of :func:`bilinear_core`; the products are ``None`` when tiled."""
+# rows from which, on a CPU, bilinear_core runs one GEMM per output feature wherever it keeps no
+# outer products: forward without gradients (:func:`_bilinear_core_by_output`), and forward and
+# backward where the products would pass one tile (:func:`_core_backward_by_output`). Its
+# intermediates stay in cache where the products of many rows go through memory. 2 CPU threads,
+# outer products / by output (benchmarks/bilinear_core.py, session 15), forward without gradients
+# and forward + backward: Tucker's core (235^3) 0.85 / 0.93 at 128 rows, 1.23 / 1.11 at 256,
+# 1.31 / 1.18 at 4608; BLOCK-Tucker's (10 x 180^3) 0.94 / 0.96 at 384, 0.94 / 1.09 at 512,
+# 0.92 / 1.23 at 768, 1.36 / 1.10 at 4608. On a GPU the outer products stay: one launch per
+# output feature is untested there.
+_BY_OUTPUT_ROWS = 512
+
+
+def _bilinear_core_by_output(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """:func:`bilinear_core`'s ``z`` as one GEMM per chunk and output feature,
+    ``t = x @ w[c, k]`` (``[N, J]``), then ``z[c, :, k] = rowwise <t, y>`` as a batched dot
+    (the order of ``torch.nn.functional.bilinear`` on a CPU). ``t`` is one buffer written in
+    place: a fresh ``[N, J]`` per feature left the allocator's freed blocks unused, and one
+    forward of Tucker's core at 4,608 rows grew the resident set by 946 MB instead of 263."""
+    c, n, _ = x.shape
+    z = None
+    for ci in range(c):
+        t = torch.mm(x[ci], w[ci, 0])  # [N, J], in the autocast dtype where autocast is on
+        dt = t.dtype
+        xc, wc, yc = x[ci].to(dt), w[ci].to(dt), y[ci].to(dt).unsqueeze(-1)  # cast once
+        if z is None:
+            z = torch.empty(c, w.shape[1], n, dtype=dt, device=x.device)  # each feature's column contiguous
+        for k in range(w.shape[1]):
+            if k:
+                torch.mm(xc, wc[k], out=t)
+            torch.bmm(t.unsqueeze(1), yc, out=z[ci, k].view(n, 1, 1))
+    return z.transpose(1, 2).contiguous()
+
+
+def _by_output(x: Tensor, w: Tensor) -> bool:
+    """Whether ``x``'s rows (``[C, N, I]``) take the by-output-feature order where no outer
+    products are kept: on a CPU, from :data:`_BY_OUTPUT_ROWS` rows."""
+    return not x.is_cuda and x.shape[1] >= _BY_OUTPUT_ROWS and w.shape[1] > 0
+
+
+def _bilinear_core(x: Tensor, y: Tensor, w: Tensor, keep: bool) -> tuple[Tensor, Tensor | None]:
+    """``(z, outer products)`` of :func:`bilinear_core`; the products are ``None`` when tiled or
+    when ``keep`` is false and the forward ran by output feature."""
     c, n, _ = x.shape
     w2 = w.view(c, w.shape[1], -1)  # [C, K, I * J]
     tiles = _core_tiles(x, w2.shape[-1])
+    if _by_output(x, w) and (tiles is not None or not keep):
+        return _bilinear_core_by_output(x, y, w), None
     if tiles is None:
         xy = _outer(x, y)  # [C, N, I * J]
         return torch.bmm(xy, w2.transpose(1, 2)), xy
@@ -309,7 +353,7 @@ class _BilinearCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-        z, xy = _bilinear_core(x, y, w)
+        z, xy = _bilinear_core(x, y, w, keep=True)
         ctx.save_for_backward(x, y, w, *([] if xy is None else [xy]))
         ctx.compute_dtype = z.dtype
         return z
@@ -324,7 +368,9 @@ class _BilinearCore(torch.autograd.Function):
         dz = dz.to(cd)
         w2 = w.to(cd).view(c, w.shape[1], i * j)
         need_x, need_y, need_w = ctx.needs_input_grad
-        if not kept:
+        if not kept:  # tiled
+            if _by_output(x, w):
+                return _core_backward_by_output(x, y, w, dz, (need_x, need_y, need_w))
             return _tiled_core_backward(x, y, w, w2, dz, (need_x, need_y, need_w))
         dx = dy = dw = None
         if need_x or need_y:  # first, so that d(x ⊗ y) is freed before w's gradient is allocated
@@ -366,6 +412,39 @@ def _tiled_core_backward(x: Tensor, y: Tensor, w: Tensor, w2: Tensor, dz: Tensor
             None if dw is None else dw.view(w.shape))
 
 
+def _core_backward_by_output(x: Tensor, y: Tensor, w: Tensor, dz: Tensor, need: tuple[bool, bool, bool]):
+    """The backward of :class:`_BilinearCore` by output feature, three GEMMs per chunk and
+    feature ``k`` with no outer products: ``dw[k] = (x · dz[:, k])ᵀ y``, ``dx += dz[:, k] · (y
+    @ w[k]ᵀ)``, ``dy += dz[:, k] · (x @ w[k])``. GEMMs in the compute dtype ``dz.dtype``; ``dx``,
+    ``dy`` accumulate over features in float32 where that dtype has 16 bits. Tucker's core at
+    4,608 rows, 2 CPU threads: 1.9 s against 2.1-2.2 for the tiled outer products, whose
+    products and their gradient go through memory (benchmarks/bilinear_core.py, session 15)."""
+    cd = dz.dtype
+    acc = torch.float32 if cd.itemsize < 4 else cd
+    c, n, i = x.shape
+    j = y.shape[-1]
+    dx = torch.zeros(x.shape, dtype=acc, device=x.device) if need[0] else None
+    dy = torch.zeros(y.shape, dtype=acc, device=y.device) if need[1] else None
+    dw = torch.empty(w.shape, dtype=w.dtype, device=w.device) if need[2] else None
+    t_x = torch.empty(n, i, dtype=cd, device=x.device)  # buffers written in place (see _bilinear_core_by_output)
+    t_y = torch.empty(n, j, dtype=cd, device=x.device)
+    g = torch.empty(i, j, dtype=cd, device=x.device) if need[2] and w.dtype != cd else None
+    for ci in range(c):
+        xc, yc, wc, dzc = x[ci].to(cd), y[ci].to(cd), w[ci].to(cd), dz[ci]
+        for k in range(w.shape[1]):
+            d = dzc[:, k : k + 1]
+            if dw is not None:
+                torch.mul(xc, d, out=t_x)
+                torch.mm(t_x.t(), yc, out=dw[ci, k] if g is None else g)
+                if g is not None:
+                    dw[ci, k].copy_(g)
+            if dx is not None:
+                dx[ci].addcmul_(torch.mm(yc, wc[k].t(), out=t_x), d)
+            if dy is not None:
+                dy[ci].addcmul_(torch.mm(xc, wc[k], out=t_y), d)
+    return (None if dx is None else dx.to(x.dtype), None if dy is None else dy.to(y.dtype), dw)
+
+
 def _old_core_layout(renames: dict[str, str], permutation: tuple[int, ...]):
     """A load-state-dict pre-hook converting the earlier core layout: each tensor stored under an
     old name of ``renames`` is permuted by ``permutation`` and stored under its new name (the old
@@ -396,7 +475,8 @@ class Tucker(VectorFusion):
     (:func:`bilinear_core`). A state dict of the earlier layout (key ``core``,
     ``Tensor[t_x, hidden_dim, t_y]``) is converted on load.
 
-    Memory: an intermediate of ``N · t_x · t_y`` floats (the outer products, kept for backward).
+    Memory: the outer products, ``N · t_x · t_y`` floats, kept for backward up to
+    :data:`_CORE_TILE` of them; past that they are formed in tiles and never kept whole.
 
     Args:
         in_dims: ``(Dx, Dy)``; out_dim; hidden_dim: t_o (the core's output width);
@@ -871,7 +951,8 @@ class BlockTucker(_ChunkedFusion):
     indexed ``[chunk, k, i, j]``); a state dict of the earlier ``[chunk, i, k, j]`` layout (key
     ``cores``) is converted on load. Paper VQA defaults: ``hidden_dim=1800, chunks=10``.
 
-    Memory: an intermediate of ``N · sum_c s_c²`` floats (the outer products, kept for backward).
+    Memory: the outer products, ``N · sum_c s_c²`` floats, kept for backward up to
+    :data:`_CORE_TILE` of them; past that they are formed in tiles and never kept whole.
 
     Parameters: ``sum_m (D_m + 1) H + sum_c (s_c³ + s_c) + (H + 1) · out_dim``.
     """

@@ -85,3 +85,22 @@ def test_gemm_replay_shares_operands_only_past_its_memory_budget(monkeypatch):
     shared = micro.replay_operands(calls, torch.device("cpu"), torch.float32)
     assert shared[0][1] is shared[1][1] and shared[2][1] is not shared[0][1]
     assert [(tuple(t.shape), t.stride()) for t in shared[2][1]] == [((4, 3), (3, 1)), ((3, 5), (1, 3))]
+
+
+def test_gemm_replay_writes_out_calls_into_one_tensor_of_their_own():
+    from mmfuse.bench import micro
+
+    rec = micro.GemmRecorder()
+    a, b, buf = torch.randn(4, 3), torch.randn(3, 5), torch.empty(4, 5)
+    with rec:
+        for _ in range(3):
+            torch.mm(a, b, out=buf)
+        torch.bmm(a.unsqueeze(0), b.unsqueeze(0))
+    assert [c[0] for c in rec.calls] == [torch.ops.aten.mm.out] * 3 + [torch.ops.aten.bmm.default]
+    assert rec.calls[0][2] == {"out": micro.OutLayout((4, 5), (5, 1))}
+    replays = micro.replay_operands(rec.calls, torch.device("cpu"), torch.float32)
+    outs = {id(kw["out"]) for _, _, kw in replays[:3]}
+    assert len(outs) == 1 and replays[0][2]["out"] is not buf and "out" not in replays[3][2]
+    func, tensors, kw = replays[0]
+    func(*tensors, **kw)
+    torch.testing.assert_close(kw["out"], tensors[0] @ tensors[1])

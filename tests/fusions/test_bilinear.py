@@ -620,3 +620,63 @@ def test_bilinear_core_in_tiles_keeps_no_outer_products_and_gives_the_same_value
         zb.float().sum().backward()
     assert zb.dtype == xb.grad.dtype == torch.bfloat16 and wf.grad.dtype == torch.float32
     torch.testing.assert_close(wf.grad.double(), args[2].grad, atol=0.1, rtol=0.05)
+
+
+def test_bilinear_core_by_output_feature_where_no_products_are_kept(monkeypatch):
+    from mmfuse.fusions import factorized
+    from mmfuse.fusions.factorized import bilinear_core
+
+    calls = []
+    by_output = factorized._bilinear_core_by_output
+    monkeypatch.setattr(factorized, "_bilinear_core_by_output", lambda *a: calls.append(a[0].shape[1]) or by_output(*a))
+    g = torch.Generator().manual_seed(3)
+    x, y, w = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((2, 5, 4), (2, 5, 3), (2, 6, 4, 3)))
+    ref = torch.einsum("cni,ckij,cnj->cnk", x, w, y)
+    torch.testing.assert_close(bilinear_core(x, y, w), ref)
+    assert calls == []  # 5 rows, under _BY_OUTPUT_ROWS: the outer products
+    monkeypatch.setattr(factorized, "_BY_OUTPUT_ROWS", 5)
+    torch.testing.assert_close(bilinear_core(x, y, w), ref)
+    torch.testing.assert_close(bilinear_core(x[:, :0], y[:, :0], w), ref[:, :0])  # no rows: the outer path
+    assert calls == [5]
+    dz = torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+    with torch.enable_grad():
+        args = [a.clone().requires_grad_() for a in (x, y, w)]
+        kept = bilinear_core(*args)  # one tile with gradients: the products are kept for backward
+        assert len(kept.grad_fn.saved_tensors) == 4 and calls == [5]
+        grads = torch.autograd.grad(kept, args, dz)
+        monkeypatch.setattr(factorized, "_CORE_TILE", 24)  # tiled: the backward forms the products again
+        tiled = bilinear_core(*args)
+        assert len(tiled.grad_fn.saved_tensors) == 3 and calls == [5, 5]
+        torch.testing.assert_close(tiled, ref)
+        for a, b in zip(torch.autograd.grad(tiled, args, dz), grads):
+            torch.testing.assert_close(a, b)  # the backward by output feature, float64
+        for need in [(True, False, False), (False, True, False), (False, False, True)]:
+            part = [a.detach().requires_grad_(r) for a, r in zip((x, y, w), need)]
+            (got,) = torch.autograd.grad(bilinear_core(*part), [a for a in part if a.requires_grad], dz)
+            torch.testing.assert_close(got, grads[need.index(True)])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            xb, yb = (a.float().bfloat16().requires_grad_() for a in (x, y))
+            wf = w.float().requires_grad_()
+            zb = bilinear_core(xb, yb, wf)
+        zb.float().sum().backward()
+    assert calls == [5, 5, 5, 5, 5, 5]
+    assert zb.dtype == xb.grad.dtype == torch.bfloat16 and wf.grad.dtype == torch.float32
+    torch.testing.assert_close(zb.double(), ref, atol=0.1, rtol=0.05)
+    ones = torch.ones_like(ref)
+    torch.testing.assert_close(xb.grad.double(), torch.einsum("cnk,ckij,cnj->cni", ones, w, y), atol=0.1, rtol=0.05)
+    torch.testing.assert_close(yb.grad.double(), torch.einsum("cnk,ckij,cni->cnj", ones, w, x), atol=0.1, rtol=0.05)
+    torch.testing.assert_close(wf.grad.double(), torch.einsum("cni,cnj->cij", x, y).unsqueeze(1).expand_as(w),
+                               atol=0.1, rtol=0.05)
+
+
+def test_tucker_and_block_tucker_agree_across_the_core_paths(monkeypatch):
+    from mmfuse.fusions import factorized
+
+    torch.manual_seed(4)
+    x, y = (a.view(3, 4, -1) for a in inputs((6, 5), n=12, seed=4))  # [B, K, D] rows, as attention applies them
+    for f in (Tucker((6, 5), 3, hidden_dim=4, projected_dims=(3, 5)).eval(), BlockTucker((6, 5), 3, hidden_dim=8, chunks=2).eval()):
+        with torch.no_grad():
+            ref = f(x, y)
+            monkeypatch.setattr(factorized, "_BY_OUTPUT_ROWS", 1)
+            torch.testing.assert_close(f(x, y), ref)
+            monkeypatch.undo()
