@@ -255,7 +255,8 @@ def bilinear_core(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
     elements, they are formed one tile (a chunk, a block of rows) at a time, and formed again in
     the backward instead of being kept (:func:`_core_tiles`). On a CPU, from
     :data:`_BY_OUTPUT_ROWS` rows, a forward that keeps no products (no gradients, or tiled) runs
-    one GEMM per output feature instead (:func:`_bilinear_core_by_output`).
+    one GEMM per output feature instead (:func:`_bilinear_core_by_output`), and so does a tiled
+    backward (:func:`_core_backward_by_output`), which then forms no products at all.
     """
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or w.requires_grad):
         return _BilinearCore.apply(x, y, w)
@@ -324,7 +325,7 @@ def _bilinear_core_by_output(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
 def _by_output(x: Tensor, w: Tensor) -> bool:
     """Whether ``x``'s rows (``[C, N, I]``) take the by-output-feature order where no outer
     products are kept: on a CPU, from :data:`_BY_OUTPUT_ROWS` rows."""
-    return not x.is_cuda and x.shape[1] >= _BY_OUTPUT_ROWS and w.shape[1] > 0
+    return x.device.type == "cpu" and x.shape[1] >= _BY_OUTPUT_ROWS and w.shape[1] > 0
 
 
 def _bilinear_core(x: Tensor, y: Tensor, w: Tensor, keep: bool) -> tuple[Tensor, Tensor | None]:
@@ -416,9 +417,10 @@ def _core_backward_by_output(x: Tensor, y: Tensor, w: Tensor, dz: Tensor, need: 
     """The backward of :class:`_BilinearCore` by output feature, three GEMMs per chunk and
     feature ``k`` with no outer products: ``dw[k] = (x · dz[:, k])ᵀ y``, ``dx += dz[:, k] · (y
     @ w[k]ᵀ)``, ``dy += dz[:, k] · (x @ w[k])``. GEMMs in the compute dtype ``dz.dtype``; ``dx``,
-    ``dy`` accumulate over features in float32 where that dtype has 16 bits. Tucker's core at
-    4,608 rows, 2 CPU threads: 1.9 s against 2.1-2.2 for the tiled outer products, whose
-    products and their gradient go through memory (benchmarks/bilinear_core.py, session 15)."""
+    ``dy`` accumulate over features in float32 where that dtype has 16 bits. Forward + backward
+    of Tucker's core at 4,608 rows, 2 CPU threads: 2.59 s against 3.06 with the tiled outer
+    products, whose tiles and their gradient go through memory (benchmarks/bilinear_core.py,
+    session 15)."""
     cd = dz.dtype
     acc = torch.float32 if cd.itemsize < 4 else cd
     c, n, i = x.shape
@@ -476,7 +478,8 @@ class Tucker(VectorFusion):
     ``Tensor[t_x, hidden_dim, t_y]``) is converted on load.
 
     Memory: the outer products, ``N · t_x · t_y`` floats, kept for backward up to
-    :data:`_CORE_TILE` of them; past that they are formed in tiles and never kept whole.
+    :data:`_CORE_TILE` of them; past that they are never kept whole: formed in tiles, or on a
+    CPU from :data:`_BY_OUTPUT_ROWS` rows not formed at all (:func:`bilinear_core`).
 
     Args:
         in_dims: ``(Dx, Dy)``; out_dim; hidden_dim: t_o (the core's output width);
@@ -952,7 +955,8 @@ class BlockTucker(_ChunkedFusion):
     ``cores``) is converted on load. Paper VQA defaults: ``hidden_dim=1800, chunks=10``.
 
     Memory: the outer products, ``N · sum_c s_c²`` floats, kept for backward up to
-    :data:`_CORE_TILE` of them; past that they are formed in tiles and never kept whole.
+    :data:`_CORE_TILE` of them; past that they are never kept whole: formed in tiles, or on a
+    CPU from :data:`_BY_OUTPUT_ROWS` rows not formed at all (:func:`bilinear_core`).
 
     Parameters: ``sum_m (D_m + 1) H + sum_c (s_c³ + s_c) + (H + 1) · out_dim``.
     """

@@ -680,3 +680,14 @@ def test_tucker_and_block_tucker_agree_across_the_core_paths(monkeypatch):
             monkeypatch.setattr(factorized, "_BY_OUTPUT_ROWS", 1)
             torch.testing.assert_close(f(x, y), ref)
             monkeypatch.undo()
+
+
+def test_by_output_order_is_for_cpu_rows_from_the_threshold_only():
+    from mmfuse.fusions.factorized import _BY_OUTPUT_ROWS, _by_output
+
+    w = torch.empty(1, 2, 3, 3)
+    assert _by_output(torch.empty(1, _BY_OUTPUT_ROWS, 3), w)
+    assert not _by_output(torch.empty(1, _BY_OUTPUT_ROWS - 1, 3), w)
+    assert not _by_output(torch.empty(1, _BY_OUTPUT_ROWS, 3), torch.empty(1, 0, 3, 3))  # no output features
+    meta = torch.empty(1, 10 * _BY_OUTPUT_ROWS, 3, device="meta")  # any other device keeps the outer products
+    assert not _by_output(meta, w.to("meta"))
