@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import fnmatch
 import importlib.util
 import json
 import os
@@ -223,10 +222,6 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def select(patterns: str) -> list[str]:
-    names = mmfuse.list_fusions(kind="attention")
-    pats = [p.strip() for p in patterns.split(",") if p.strip()]
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
 
 
 def main(argv=None) -> int:
@@ -261,10 +256,10 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2
-    names = select(args.fusions)
-    if not names:
-        print(f"no attention fusion matches {args.fusions!r}; known: {', '.join(mmfuse.list_fusions(kind='attention'))}",
-              file=sys.stderr)
+    try:
+        names = mmfuse.select_fusions(args.fusions, mmfuse.list_fusions(kind="attention"))
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
     ks = [int(k) for k in args.regions.split(",")]
     where = vb.machine()

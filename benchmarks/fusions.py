@@ -351,11 +351,12 @@ def main(argv=None) -> int:
     if args._memory:
         _measure_memory_child(*args._memory, args.batch)
         return 0
-    import fnmatch
-
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    patterns = [p.strip() for p in args.fusions.split(",")]
-    names = [n for n in CONFIGS if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    try:
+        names = mmfuse.select_fusions(args.fusions, list(CONFIGS))
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     missing = sorted(set(mmfuse.list_fusions(kind="vector")) - set(CONFIGS))
     if args.block and block_module("mlb", CONFIGS["mlb"]) is None:
         print("block.bootstrap.pytorch not importable: mmfuse only", file=sys.stderr)
@@ -364,9 +365,10 @@ def main(argv=None) -> int:
     if missing:
         print(f"# not configured here: {', '.join(missing)}")
     rows = []
+    named = {p.strip() for p in args.fusions.split(",")}  # named outright, not through a pattern
     for name in names:
         for shape in args.shapes.split(","):
-            if name in SKIP_3D and shape == "3d" and not (name in ON_REQUEST_3D and name in patterns):
+            if name in SKIP_3D and shape == "3d" and not (name in ON_REQUEST_3D and name in named):
                 continue
             try:
                 rows.append(measure(name, shape, args, device, dtype))

@@ -10,7 +10,7 @@ only torch.
 """
 
 from . import attention, fusions, search  # noqa: F401  (registers the fusions)
-from ._registry import FusionInfo, create_fusion, fusion_info, list_fusions, register_fusion
+from ._registry import FusionInfo, create_fusion, fusion_info, list_fusions, register_fusion, select_fusions
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "create_fusion",
     "fusion_info",
     "list_fusions",
+    "select_fusions",
     "register_fusion",
     "load",
     "__version__",

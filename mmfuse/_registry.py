@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 __all__ = [
     "FusionInfo",
@@ -180,6 +180,35 @@ def list_fusions(pattern: str = "*", kind: str | None = None) -> list[str]:
         for n, info in _REGISTRY.items()
         if fnmatch.fnmatchcase(n, pattern) and (kind is None or info.kind == kind)
     )
+
+
+def select_fusions(patterns: str, names: Sequence[str] | None = None, *, option: str = "--fusions") -> list[str]:
+    """The fusions that comma-separated fnmatch ``patterns`` pick, in the order the patterns come
+    (each pattern's matches in registry order, every name once).
+
+    ``names`` are the candidates (default: every registered fusion). Every pattern has to match
+    one of them: a typo such as ``"tuckr,block"`` raises rather than quietly dropping Tucker. The
+    ValueError names ``option`` and the closest candidates.
+
+    Example::
+
+        select_fusions("tucker,mf*")  # ["tucker", "mfb", "mfb_coattention", "mfh", "mfh_coattention"]
+    """
+    if not isinstance(patterns, str):
+        raise ValueError(f"{option}: expected comma-separated fusion names or patterns, got {type(patterns).__name__}")
+    pool = sorted(_REGISTRY) if names is None else list(names)
+    pats = [p.strip() for p in patterns.split(",") if p.strip()]
+    if not pats:
+        raise ValueError(f"{option}: expected comma-separated fusion names or patterns, got {patterns!r}")
+    out: list[str] = []
+    for pat in pats:
+        hits = [n for n in pool if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            close = difflib.get_close_matches(pat, pool, n=3, cutoff=0.4)
+            hint = f"closest: {', '.join(close)}" if close else f"known: {', '.join(pool)}"
+            raise ValueError(f"{option}: no fusion matches {pat!r}; {hint}")
+        out.extend(n for n in hits if n not in out)
+    return out
 
 
 def fusion_info(name: str) -> FusionInfo:

@@ -40,6 +40,24 @@ def test_list_fusions_pattern_kind_and_order():
         mmfuse.list_fusions(kind="tensor")
 
 
+def test_select_fusions_keeps_the_given_order_and_rejects_a_pattern_that_matches_nothing():
+    assert mmfuse.select_fusions("tucker,block") == ["tucker", "block"]
+    assert mmfuse.select_fusions(" tucker , mf* ,") == ["tucker", "mfb", "mfb_coattention", "mfh", "mfh_coattention"]
+    # every name once, where its first pattern put it
+    assert mmfuse.select_fusions("mfh,mf*") == ["mfh", "mfb", "mfb_coattention", "mfh_coattention"]
+    assert mmfuse.select_fusions("*") == mmfuse.list_fusions()
+    assert mmfuse.select_fusions("b*", names=["san", "ban", "block"]) == ["ban", "block"]
+    with pytest.raises(ValueError, match=r"--fusions: no fusion matches 'tuckr'; closest: tucker"):
+        mmfuse.select_fusions("tuckr,block")
+    with pytest.raises(ValueError, match=r"--only: no fusion matches 'zzz\*'; known: san, ban"):
+        mmfuse.select_fusions("zzz*", names=["san", "ban"], option="--only")
+    for bad in ("", " , "):
+        with pytest.raises(ValueError, match="expected comma-separated fusion names or patterns"):
+            mmfuse.select_fusions(bad)
+    with pytest.raises(ValueError, match="got list"):
+        mmfuse.select_fusions(["tucker"])
+
+
 def test_unknown_name_lists_the_closest():
     with pytest.raises(ValueError, match=r"unknown fusion 'gmuu'; closest: gmu"):
         mmfuse.create_fusion("gmuu", in_dims=(2, 2), out_dim=2)

@@ -50,7 +50,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         f"{QUICK['n_train']} training samples: every fusion that fits, well within 30 minutes on 2 CPU cores.",
     )
     lb.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help=f"tasks (space or comma separated): {', '.join(TASKS)}")
-    lb.add_argument("--fusions", default="*", metavar="PATTERN", help="comma-separated fnmatch patterns (default: all)")
+    lb.add_argument("--fusions", default="*", metavar="PATTERN",
+                    help="comma-separated fnmatch patterns (default: all); entries train in this order, and a "
+                         "pattern that matches no fusion is an error")
     lb.add_argument("--seeds", type=positive_int, default=None, metavar="N", help="seeds 0..N-1 (default 3)")
     budget = lb.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=positive_int, default=None, help="epochs per entry (default: the task's)")
@@ -79,7 +81,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     fu = bench.add_parser("fusions", help="micro-benchmark of every registered fusion (params, time, memory)",
                           description="Vector fusions: M inputs [B, D] -> D; attention fusions: v [B, K, D], "
                           "q [B, T, D] -> D. On CUDA: bf16 autocast and torch.compile columns too.")
-    fu.add_argument("--fusions", default="*", metavar="PATTERN", help="comma-separated fnmatch patterns (default: all)")
+    fu.add_argument("--fusions", default="*", metavar="PATTERN",
+                    help="comma-separated fnmatch patterns, measured in this order (default: all)")
     fu.add_argument("--batch", type=positive_int, default=128)
     fu.add_argument("--dim", type=positive_int, default=512, help="every input's width and out_dim")
     fu.add_argument("--regions", type=positive_int, default=36, help="K (attention fusions)")

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import fnmatch
 import hashlib
 import io
 import json
@@ -668,11 +667,8 @@ def merge_results(out_dir: str | os.PathLike[str], sources: Sequence[str | os.Pa
 
 
 def _select(pattern: str) -> list[str]:
-    pats = [p.strip() for p in pattern.split(",") if p.strip()]
-    names = [n for n in mmfuse.list_fusions() if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-    if not names:
-        raise ValueError(f"--fusions: no registered fusion matches {pattern!r}; known: {', '.join(mmfuse.list_fusions())}")
-    return names
+    """The fusions ``--fusions`` names, in its order (:func:`mmfuse.select_fusions`)."""
+    return mmfuse.select_fusions(pattern)
 
 
 def check_tasks(tasks: Sequence[str]) -> list[str]:
@@ -795,7 +791,8 @@ def run_leaderboard_bench(
 
     Args:
         tasks: names from :data:`TASKS` (default :data:`DEFAULT_TASKS`; ``quick``: :data:`QUICK`).
-        fusions_pattern: comma-separated fnmatch patterns over the registry (``"*"``: all).
+        fusions_pattern: comma-separated fnmatch patterns over the registry (``"*"``: all); entries
+            train in the patterns' order, and a pattern that matches nothing raises.
         seeds: a count N (seeds 0..N-1) or the seeds themselves (default 3).
         budget: epochs (an int), ``{"epochs": N}`` or ``{"steps": N}``; default: each task's.
         out_dir: the run folder (default ``runs/leaderboard-<time>``); rerunning it resumes.

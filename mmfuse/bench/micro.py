@@ -474,15 +474,11 @@ def bench_fusions(
     compile: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[MicroRow]:
-    """Measure every registered fusion matching the comma-separated fnmatch ``pattern``."""
-    import fnmatch
-
+    """Measure the registered fusions that the comma-separated fnmatch ``pattern`` picks, in its
+    order (:func:`mmfuse.select_fusions`)."""
     if preset not in ("paper", "small"):
         raise ValueError(f"bench fusions: preset must be 'paper' or 'small', got {preset!r}")
-    pats = [p.strip() for p in pattern.split(",") if p.strip()]
-    names = [n for n in mmfuse.list_fusions() if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-    if not names:
-        raise ValueError(f"--fusions: no registered fusion matches {pattern!r}; known: {', '.join(mmfuse.list_fusions())}")
+    names = mmfuse.select_fusions(pattern)
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available")
     rows = []

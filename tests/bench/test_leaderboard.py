@@ -151,6 +151,23 @@ def test_a_failing_entry_is_reported_and_retried(tmp_path):
     assert counter.calls == ["interactions_o1-lmf-seed0"] and again.failed == {}
 
 
+def test_entries_train_in_the_order_given_and_a_typo_stops_the_run(tmp_path):
+    calls: list[str] = []
+
+    def record(config, **kwargs):  # no training: the order is what is tested
+        calls.append(config["name"])
+        raise RuntimeError("not trained")
+
+    kw = dict(seeds=1, budget=1, out_dir=tmp_path, train_fn=record, log=lambda s: None, device="cpu", plots=False,
+              **TINY)
+    lb.run_leaderboard_bench(["interactions_o1"], "lmf,concat", **kw)
+    assert calls == ["interactions_o1-lmf-seed0", "interactions_o1-concat-seed0"]
+    calls.clear()
+    with pytest.raises(ValueError, match="no fusion matches 'lmff'; closest: lmf"):
+        lb.run_leaderboard_bench(["interactions_o1"], "concat,lmff", **kw)
+    assert calls == []
+
+
 def test_out_of_time_counts_the_longest_entry_so_far():
     assert not lb.out_of_time(0.0, 0.0, 0.5)
     assert not lb.out_of_time(20.0, 10.0, 0.5)  # 30 s of 30

@@ -89,7 +89,7 @@ def test_bench_fusions_runs(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["name"] for r in rows] == ["mlb", "san"] and all(r["fb"] > 0 and r["params"] > 0 for r in rows)
     assert cli.main(["bench", "fusions", "--fusions", "nothing*"]) == 2
-    assert "no registered fusion matches 'nothing*'" in capsys.readouterr().err
+    assert "no fusion matches 'nothing*'" in capsys.readouterr().err
 
 
 def test_bench_leaderboard_command(tmp_path, capsys):
