@@ -85,6 +85,7 @@ __all__ = [
     "run_leaderboard_bench",
     "summarize",
     "task_config",
+    "task_references",
 ]
 
 HIDDEN = 64  # encoder width, joint width of the presets, head width
@@ -555,12 +556,38 @@ def _md(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+def task_references(task: Task, datamodule) -> dict[str, dict[str, float]]:
+    """The no-training reference levels of ``task`` (level -> accuracy by question type): on
+    Sort-of-CLEVR, :func:`mmfuse.data.sort_of_clevr.reference_accuracies` of the task's data;
+    none elsewhere."""
+    if task.data.get("name") != "sort-of-clevr":
+        return {}
+    from ..data import sort_of_clevr as soc
+
+    return soc.reference_accuracies(soc.load_sort_of_clevr(datamodule.info["data_root"]))
+
+
+def _references_md(levels: Mapping[str, Mapping[str, float]], qtypes: Sequence[str]) -> str:
+    from ..data.sort_of_clevr import REFERENCE_LEVELS
+
+    qs = [q for q in qtypes if any(q in acc for acc in levels.values())]
+    heads = ["reference (no training)", "accuracy (%)", *[f"{q} (%)" for q in qs]]
+    lines = [[name, _pct(acc.get("overall"), None, 1), *[_pct(acc.get(q), None, 1) for q in qs]]
+             for name, acc in levels.items()]
+    what = "; ".join(f"{name}: {REFERENCE_LEVELS[name]}" for name in levels if name in REFERENCE_LEVELS)
+    return ("Reference levels: lookup tables fitted on the training split, scored on the test split\n\n"
+            + _md(heads, lines) + (f"\n\n{what}." if what else ""))
+
+
 def format_markdown(rows: Sequence[Mapping[str, Any]], skipped: Mapping[str, str] | None = None,
-                    qtypes: Sequence[str] = ()) -> str:
-    """The leaderboard as Markdown: one accuracy table per task (+ robustness, + skipped)."""
+                    qtypes: Sequence[str] = (), references: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The leaderboard as Markdown: one accuracy table per task (+ its no-training reference
+    levels, + robustness, + skipped)."""
     parts = []
     skipped = skipped or {}
-    tasks = list(dict.fromkeys([*(r["task"] for r in rows), *(k.split("/")[0] for k in skipped)]))
+    references = references or {}
+    tasks = list(dict.fromkeys([*(r["task"] for r in rows), *(k.split("/")[0] for k in skipped),
+                                *(t for t, levels in references.items() if levels)]))
     for task in tasks:
         t = TASKS.get(task)
         title = f"### {task}" + (f": {t.description}" if t else "")
@@ -578,6 +605,8 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], skipped: Mapping[str, str
                 _num(r["latency_ms_mean"], ".2f"), str(n),
             ])
         parts.append(title + "\n\n" + (_md(heads, lines) if lines else "(no finished entries)"))
+        if references.get(task):
+            parts.append(_references_md(references[task], qtypes))
         rob = [r for r in trows if r.get("robust_modalities")]
         if rob:
             mods = rob[0]["robust_modalities"]
@@ -851,6 +880,7 @@ def run_leaderboard_bench(
     trained = left = 0
     failed: dict[str, str] = {}
     qtype_names: list[str] = []
+    references: dict[str, dict[str, dict[str, float]]] = {}
 
     def save() -> None:
         _write_text(results_path, json.dumps(state, indent=1) + "\n")
@@ -859,6 +889,7 @@ def run_leaderboard_bench(
         task = TASKS[task_name]
         datamodule = task_datamodule(task, budget=budget, n_train=n_train, n_test=n_test, input_norm=input_norm)
         qtype_names = qtype_names or list(datamodule.info.get("qtype_names") or [])
+        references[task_name] = task_references(task, datamodule)
         target_key = datamodule.info["target_key"]
         for fusion in names:
             info = mmfuse.fusion_info(fusion)
@@ -950,7 +981,7 @@ def run_leaderboard_bench(
     add_effective_robustness(rows, robustness_baseline)
     skip_now = {k: v for k, v in skipped.items() if tuple(k.split("/", 1)) in wanted}
     qn = qtype_names or ["shape", "left", "top", "closest", "furthest", "count"]
-    markdown = format_markdown(rows, skip_now, qn)
+    markdown = format_markdown(rows, skip_now, qn, references)
     shared = sorted({int(e.get("workers", 1)) for e in chosen if int(e.get("workers", 1)) > 1})
     if shared:
         markdown += (f"\nEntries trained with --workers {'/'.join(map(str, shared))} shared the machine with the "

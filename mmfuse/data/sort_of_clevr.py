@@ -74,6 +74,8 @@ __all__ = [
     "SortOfClevr",
     "SortOfClevrQuestions",
     "accuracy_by_type",
+    "reference_accuracies",
+    "REFERENCE_LEVELS",
     "describe",
     "detect_objects",
     "parse_question",
@@ -696,3 +698,53 @@ def accuracy_by_type(
     out["relational"] = mean(qt >= 3)
     out["overall"] = float(right.mean()) if right.size else float("nan")
     return out
+
+
+# what a lookup table reads, per reference level of :func:`reference_accuracies`
+REFERENCE_LEVELS: dict[str, str] = {
+    "question only": "the majority answer of each question (type and colour) in the training split",
+    "question + shape counts": "the same per question and number of squares in the scene: what a model that counts "
+                               "the shapes but cannot tell which object is where can reach",
+}
+
+
+def reference_accuracies(data: SortOfClevr, split: str = "test") -> dict[str, dict[str, float]]:
+    """Accuracies on ``split`` of lookup tables fitted on the training split, no model involved:
+    the levels a trained fusion is read against (:data:`REFERENCE_LEVELS`).
+
+    ``"question only"`` answers each (question type, colour) with its most frequent training
+    answer: a model that ignores the image. ``"question + shape counts"`` also keys on how many of
+    the scene's 6 objects are squares: a model that reads the image's bag of shapes but neither
+    positions nor which colour has which shape. A key missing from the training split falls back
+    to the question-only answer. Ties go to the lowest answer id.
+
+    Returns:
+        level name -> :func:`accuracy_by_type` of its predictions.
+    """
+    if "train" not in data.splits or split not in data.splits:
+        raise ValueError(f"reference_accuracies: expected splits 'train' and {split!r}, got {sorted(data.splits)}")
+    n_answers = len(ANSWER_VOCAB)
+
+    def keys(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        question = arrays["qtype"].astype(np.int64) * N_OBJECTS + arrays["question_colour"]  # [N, Q]
+        squares = (arrays["object_shape"] == 0).sum(axis=1)  # [N]
+        return question.ravel(), (question * (N_OBJECTS + 1) + squares[:, None]).ravel(), arrays["answer"].ravel()
+
+    q_train, s_train, a_train = keys(data.splits["train"])
+    q_test, s_test, a_test = keys(data.splits[split])
+    qtypes = data.splits[split]["qtype"].ravel()
+
+    def table(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        counts = np.zeros((size, n_answers), dtype=np.int64)
+        np.add.at(counts, (key, a_train.astype(np.int64)), 1)
+        return counts.argmax(axis=1), counts.sum(axis=1) > 0
+
+    n_questions = len(QTYPE_NAMES) * N_OBJECTS
+    by_question, _ = table(q_train, n_questions)
+    by_shapes, seen = table(s_train, n_questions * (N_OBJECTS + 1))
+    pred_q = by_question[q_test]
+    pred_s = np.where(seen[s_test], by_shapes[s_test], pred_q)
+    return {
+        "question only": accuracy_by_type(pred_q, a_test, qtypes),
+        "question + shape counts": accuracy_by_type(pred_s, a_test, qtypes),
+    }

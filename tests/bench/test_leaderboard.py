@@ -194,6 +194,26 @@ def test_a_time_limit_leaves_entries_for_the_next_part(tmp_path):
     assert not fresh.exists()
 
 
+def test_sort_of_clevr_tables_carry_the_no_training_reference_levels(tiny, tmp_path):
+    from mmfuse.data import sort_of_clevr as soc
+
+    result = lb.run_leaderboard_bench(["soc"], "concat", seeds=1, out_dir=tmp_path, max_minutes=0, n_train=20,
+                                      n_test=10, log=lambda s: None, device="cpu", plots=False)
+    assert result.trained == 0
+    dm = lb.task_datamodule("soc", n_train=20, n_test=10)
+    levels = soc.reference_accuracies(soc.load_sort_of_clevr(dm.info["data_root"]))
+    assert lb.task_references(lb.TASKS["soc"], dm) == levels
+    md = result.markdown
+    assert "Reference levels: lookup tables fitted on the training split" in md
+    for name, acc in levels.items():
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        want = [acc["overall"], *(acc[q] for q in soc.QTYPE_NAMES)]
+        assert cells[1:] == [("" if a != a else f"{100 * a:.1f}") for a in want]
+    assert "Reference levels" not in tiny[0].markdown  # the interaction tasks have none
+    assert lb.task_references(lb.TASKS["interactions_o1"], None) == {}
+
+
 def test_from_pixels_vector_fusions_see_every_cell_and_attention_fusions_keypoints():
     from mmfuse.bench.leaderboard import task_config
     from mmfuse.bench.run import entry_config

@@ -335,6 +335,76 @@ def test_accuracy_by_type():
         soc.accuracy_by_type(preds[:3], answers, qtypes)
 
 
+def _slow_references(data, split="test"):
+    """reference_accuracies with dicts and loops: majority answer per key, lowest id on a tie."""
+    from collections import Counter
+
+    def rows(arrays):
+        n, q = arrays["qtype"].shape
+        for i in range(n):
+            squares = int(sum(int(s) == 0 for s in arrays["object_shape"][i]))
+            for j in range(q):
+                question = (int(arrays["qtype"][i, j]), int(arrays["question_colour"][i, j]))
+                yield question, (*question, squares), int(arrays["answer"][i, j]), int(arrays["qtype"][i, j])
+
+    by_q, by_s = {}, {}
+    for question, shapes, answer, _ in rows(data.splits["train"]):
+        by_q.setdefault(question, Counter())[answer] += 1
+        by_s.setdefault(shapes, Counter())[answer] += 1
+
+    def majority(counter):
+        return min(counter, key=lambda a: (-counter[a], a))
+
+    pred_q, pred_s, answers, qtypes = [], [], [], []
+    for question, shapes, answer, qtype in rows(data.splits[split]):
+        pq = majority(by_q[question]) if question in by_q else 0
+        pred_q.append(pq)
+        pred_s.append(majority(by_s[shapes]) if shapes in by_s else pq)
+        answers.append(answer)
+        qtypes.append(qtype)
+    return {"question only": soc.accuracy_by_type(np.array(pred_q), np.array(answers), np.array(qtypes)),
+            "question + shape counts": soc.accuracy_by_type(np.array(pred_s), np.array(answers), np.array(qtypes))}
+
+
+def test_reference_accuracies_equal_the_lookup_tables_built_by_hand(tmp_path):
+    data = soc.load_sort_of_clevr(soc.make_sort_of_clevr(tmp_path, seed=2, n_train=60, n_test=30))
+    got = soc.reference_accuracies(data)
+    want = _slow_references(data)
+    assert set(got) == set(want) == set(soc.REFERENCE_LEVELS)
+    for level in want:
+        assert got[level] == pytest.approx(want[level], nan_ok=True)
+    # scored on another split: the training split itself
+    on_train, want_train = soc.reference_accuracies(data, "train"), _slow_references(data, "train")
+    for level in want_train:
+        assert on_train[level] == pytest.approx(want_train[level], nan_ok=True)
+    # counting the shapes answers count questions better than the question alone
+    assert got["question + shape counts"]["count"] > got["question only"]["count"]
+
+
+def test_reference_accuracies_on_a_hand_built_split():
+    def split(shapes, questions):  # questions: (qtype, colour, answer) per image
+        n = len(shapes)
+        q = np.array([[qq[:2] for qq in row] for row in questions])
+        return {"object_shape": np.array(shapes, dtype=np.int8), "qtype": q[..., 0].astype(np.int8),
+                "question_colour": q[..., 1].astype(np.int8),
+                "answer": np.array([[qq[2] for qq in row] for row in questions], dtype=np.int8)[:n]}
+
+    count_3, count_4 = 6, 7  # answer ids of "3" and "4"
+    three_squares, four_squares = [0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]
+    train = split([three_squares, three_squares, four_squares],
+                  [[(5, 0, count_3)], [(5, 0, count_3)], [(5, 0, count_4)]])
+    # the 5-square key is missing from training: the question-only answer stands in
+    test = split([four_squares, three_squares, [0, 0, 0, 0, 0, 1]],
+                 [[(5, 0, count_4)], [(5, 0, count_3)], [(5, 0, count_3)]])
+    data = soc.SortOfClevr(root=None, meta={}, splits={"train": train, "test": test})
+    got = soc.reference_accuracies(data)
+    assert got["question only"]["count"] == pytest.approx(2 / 3)  # "3" every time
+    assert got["question + shape counts"]["count"] == 1.0  # "4", "3", then "3" from the question alone
+    assert np.isnan(got["question only"]["shape"])  # no shape question in this split
+    with pytest.raises(ValueError, match="expected splits 'train' and 'val'"):
+        soc.reference_accuracies(data, "val")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
