@@ -1005,7 +1005,7 @@ def run_leaderboard_bench(
     if plots and rows:
         from .plots import plot_all
 
-        files = plot_all(rows, out / "plots", qtypes=qn)
+        files = plot_all(rows, out / "plots", qtypes=qn, references=references)
     return LeaderboardResult(rows=rows, skipped=skip_now, entries={k: v for k, v in entries.items()
                              if (v["task"], v["fusion"]) in wanted and v["seed"] in seed_list},
                              out_dir=out, markdown=markdown, trained=trained, left=left, plots=files, failed=failed)

@@ -115,8 +115,28 @@ def _family_legend(ax, families: Sequence[str], loc: str = "best") -> None:
     ax.legend(handles=handles, title="family", fontsize=8, title_fontsize=8, loc=loc, framealpha=0.85)
 
 
+# the no-training reference levels (leaderboard.task_references) as lines: (colour, line style)
+_REFERENCE_STYLES = (("0.35", "--"), ("0.1", ":"))
+
+
+def _reference_lines(ax, references: Mapping[str, Mapping[str, float]] | None, key: str, vertical: bool) -> list[float]:
+    """One line per reference level at its ``key`` accuracy (%), labelled for the legend; the values drawn."""
+    drawn = []
+    for (name, acc), (colour, ls) in zip((references or {}).items(), _REFERENCE_STYLES):
+        value = acc.get(key)
+        if value is None or value != value:  # a type without questions
+            continue
+        line = ax.axvline if vertical else ax.axhline
+        line(100 * value, color=colour, linestyle=ls, linewidth=1.2, zorder=1, label=f"{name} (no training)")
+        if not vertical:  # named on the line itself, at the left edge: no legend to cover the points
+            ax.text(0.01, 100 * value, f"{name} (no training)", transform=ax.get_yaxis_transform(), ha="left",
+                    va="bottom", fontsize=8, color=colour, zorder=2)
+        drawn.append(100 * value)
+    return drawn
+
+
 def _scatter(rows: Sequence[Mapping[str, Any]], path: Path, task: str, x_key: str, x_label: str, title: str,
-             log_x: bool) -> Path | None:
+             log_x: bool, references: Mapping[str, Mapping[str, float]] | None = None) -> Path | None:
     rows = [r for r in rows if r.get(f"{x_key}_mean") and r.get("accuracy_mean") is not None]
     if not rows:
         return None
@@ -135,7 +155,8 @@ def _scatter(rows: Sequence[Mapping[str, Any]], path: Path, task: str, x_key: st
         ax.xaxis.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"
                                                       if v >= 1e3 else f"{v:g}"))
         ax.xaxis.set_minor_formatter(mt.NullFormatter())
-    lo, hi = min(ys), max(ys)
+    levels = _reference_lines(ax, references, "overall", vertical=False)
+    lo, hi = min(ys + levels), max(ys + levels)
     pad = max(2.0, 0.08 * (hi - lo))
     ax.set_ylim(lo - pad, hi + 2 * pad)
     if log_x:
@@ -153,16 +174,19 @@ def _scatter(rows: Sequence[Mapping[str, Any]], path: Path, task: str, x_key: st
     return _save(fig, path)
 
 
-def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], task: str) -> Path | None:
-    """Accuracy against the model's parameters (log x), coloured by family; ``None`` without rows."""
+def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], task: str,
+                            references: Mapping[str, Mapping[str, float]] | None = None) -> Path | None:
+    """Accuracy against the model's parameters (log x), coloured by family, with the task's
+    no-training ``references`` (level -> accuracy by type) as horizontal lines; ``None`` without rows."""
     return _scatter(rows, Path(path), task, "params", "parameters (whole model, log scale)",
-                    f"{task}: test accuracy vs model size", log_x=True)
+                    f"{task}: test accuracy vs model size", log_x=True, references=references)
 
 
-def plot_accuracy_vs_time(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], task: str) -> Path | None:
-    """Accuracy against training seconds (the whole budget), coloured by family."""
+def plot_accuracy_vs_time(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], task: str,
+                          references: Mapping[str, Mapping[str, float]] | None = None) -> Path | None:
+    """Accuracy against training seconds (the whole budget), coloured by family, with ``references``."""
     return _scatter(rows, Path(path), task, "train_s", "training time (s, fit incl. validation)",
-                    f"{task}: test accuracy vs training time", log_x=False)
+                    f"{task}: test accuracy vs training time", log_x=False, references=references)
 
 
 def plot_robustness(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], task: str) -> Path | None:
@@ -197,8 +221,9 @@ def plot_robustness(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
 
 
 def plot_qtypes(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], task: str,
-                qtypes: Sequence[str]) -> Path | None:
-    """Accuracy per question type: one panel per type, one horizontal bar per fusion."""
+                qtypes: Sequence[str], references: Mapping[str, Mapping[str, float]] | None = None) -> Path | None:
+    """Accuracy per question type: one panel per type, one horizontal bar per fusion, and the
+    no-training ``references`` (level -> accuracy by type) as vertical lines."""
     qs = [q for q in qtypes if any(r.get(f"acc_{q}_mean") is not None for r in rows)]
     if not qs:
         return None
@@ -216,6 +241,7 @@ def plot_qtypes(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
         errs = [100 * (r.get(f"acc_{q}_std") or 0.0) if r.get("seeds", 1) > 1 else 0.0 for r in rows]
         ax.barh(ys, vals, xerr=errs if any(errs) else None, color=[_colour(r["family"]) for r in rows], height=0.7,
                 error_kw={"elinewidth": 0.8, "capsize": 2})
+        _reference_lines(ax, references, q, vertical=True)
         ax.set_xlim(0, 100)
         ax.set_title(q + (f"\n({relational.get(q)})" if relational.get(q) else ""), fontsize=10)
         ax.set_xlabel("accuracy (%)", fontsize=9)
@@ -225,6 +251,8 @@ def plot_qtypes(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     axes[0][0].set_yticklabels([r["fusion"] for r in rows], fontsize=8)
     handles = [plt.Line2D([], [], marker="s", linestyle="", ms=9, color=_colour(f), label=f)
                for f in sorted({r["family"] for r in rows})]
+    handles += [plt.Line2D([], [], color=colour, linestyle=ls, label=f"{name}\n(no training)")
+                for name, (colour, ls) in zip(references or {}, _REFERENCE_STYLES)]
     fig.legend(handles=handles, title="family", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                title_fontsize=8, frameon=False)
     fig.suptitle(f"{task}: test accuracy per question type (mean over seeds)", fontsize=12)
@@ -233,17 +261,20 @@ def plot_qtypes(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
 
 
 def plot_all(rows: Sequence[Mapping[str, Any]], folder: str | os.PathLike[str],
-             qtypes: Sequence[str] = ()) -> list[Path]:
-    """Every plot for every task in ``rows``; the files written."""
+             qtypes: Sequence[str] = (), references: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+             ) -> list[Path]:
+    """Every plot for every task in ``rows`` (``references``: task -> its no-training levels,
+    drawn as lines); the files written."""
     folder = Path(folder)
     out: list[Path] = []
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task]
+        refs = (references or {}).get(task)
         for made in (
-            plot_accuracy_vs_params(trows, folder / f"{task}_accuracy_vs_params.png", task),
-            plot_accuracy_vs_time(trows, folder / f"{task}_accuracy_vs_time.png", task),
+            plot_accuracy_vs_params(trows, folder / f"{task}_accuracy_vs_params.png", task, refs),
+            plot_accuracy_vs_time(trows, folder / f"{task}_accuracy_vs_time.png", task, refs),
             plot_robustness(trows, folder / f"{task}_robustness.png", task),
-            plot_qtypes(trows, folder / f"{task}_qtypes.png", task, qtypes),
+            plot_qtypes(trows, folder / f"{task}_qtypes.png", task, qtypes, refs),
         ):
             if made is not None:
                 out.append(made)

@@ -53,6 +53,42 @@ def test_summary_robustness_columns_and_every_plot(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file
 
 
+def test_reference_levels_are_drawn_where_their_accuracies_are(tmp_path, monkeypatch):
+    rows = lb.summarize(_entries(), QTYPES)
+    refs = {"question only": {"overall": 0.45, **{q: 0.3 + 0.05 * i for i, q in enumerate(QTYPES)}},
+            "question + shape counts": {"overall": 0.6, **{q: 0.5 for q in QTYPES}, "left": float("nan")}}
+    figures = {}
+    real_save = plots._save
+
+    def keep(fig, path, **kw):
+        figures[path.name] = fig
+        return real_save(fig, path, **kw)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.plot_all(rows, tmp_path, qtypes=QTYPES, references={"soc": refs, "other": {"x": {"overall": 0.1}}})
+
+    def levels(ax, vertical):
+        return {ln.get_label(): (ln.get_xdata() if vertical else ln.get_ydata())[0]
+                for ln in ax.lines if ln.get_label().endswith("(no training)")}
+
+    for name in ("soc_accuracy_vs_params.png", "soc_accuracy_vs_time.png"):
+        ax = figures[name].axes[0]
+        assert levels(ax, False) == {"question only (no training)": 45.0, "question + shape counts (no training)": 60.0}
+        assert {t.get_text() for t in ax.texts} >= {"question only (no training)",
+                                                    "question + shape counts (no training)"}
+        assert ax.get_ylim()[0] < 45.0  # the lines are inside the axes
+    panels = figures["soc_qtypes.png"].axes
+    for i, q in enumerate(QTYPES):
+        want = {"question only (no training)": pytest.approx(100 * (0.3 + 0.05 * i))}
+        if q != "left":  # a level without that type draws nothing there
+            want["question + shape counts (no training)"] = 50.0
+        assert levels(panels[i], True) == want
+    # without references: no lines
+    figures.clear()
+    plots.plot_all(rows, tmp_path / "plain", qtypes=QTYPES)
+    assert not any(levels(ax, v) for f in figures.values() for ax in f.axes for v in (True, False))
+
+
 def test_parse_tasks_and_unknown_task_error(capsys):
     assert parse_tasks(None) is None
     assert parse_tasks(["soc,soc_bits", "interactions_o2", "soc"]) == ["soc", "soc_bits", "interactions_o2"]
