@@ -64,11 +64,15 @@ def _colour(family: str) -> str:
 def _place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], fontsize: float = 7.5) -> None:
     """Annotate each point with its label, choosing among 8 offsets the one that overlaps the
     labels already placed (and the points) the least."""
+    from matplotlib.text import Text
+
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     # near offsets first; far ones (drawn with a thin leader line) when every near one collides
     offsets = [(5, 4), (5, -10), (-5, 4), (-5, -10), (0, 8), (0, -13), (9, -3), (-9, -3),
-               (14, 16), (14, -22), (-14, 16), (-14, -22), (0, 24), (0, -28), (26, -3), (-26, -3)]
+               (14, 16), (14, -22), (-14, 16), (-14, -22), (0, 24), (0, -28), (26, -3), (-26, -3),
+               (28, 30), (28, -36), (-28, 30), (-28, -36), (0, 42), (0, -46), (48, -3), (-48, -3),
+               (48, 22), (48, -28), (-48, 22), (-48, -28)]
     placed: list[Any] = []
     points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
     order = sorted(range(len(labels)), key=lambda i: (ys[i], xs[i]))
@@ -81,15 +85,19 @@ def _place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence
                             ha=ha, va="bottom" if dy >= 0 else "top",
                             arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.7, "shrinkA": 1, "shrinkB": 3}
                             if far else None)
-            box = t.get_window_extent(renderer).expanded(1.05, 1.1)
-            cost = sum(_overlap(box, p) for p in placed)
+            # the text alone: an annotation's own extent also spans its leader line
+            t.update_positions(renderer)
+            box = Text.get_window_extent(t, renderer).expanded(1.05, 1.1)
+            cost = 5.0 * sum(_overlap(box, p) for p in placed)  # text over text: the worst outcome
             cost += sum(50.0 for j, (px, py) in enumerate(points)
                         if j != i and box.x0 - 5 <= px <= box.x1 + 5 and box.y0 - 5 <= py <= box.y1 + 5)
             cost += 0.5 * (abs(dx) + abs(dy))  # prefer near labels
-            # a label must sit nearer its own point than any other (or it reads as the other's)
+            # a label without a leader line must sit nearer its own point than any other (or it reads
+            # as the other's); a far one has its line to say whose it is
             cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
             own = (cx - points[i][0]) ** 2 + (cy - points[i][1]) ** 2
-            cost += sum(40.0 for j, (px, py) in enumerate(points) if j != i and (cx - px) ** 2 + (cy - py) ** 2 < own)
+            cost += 0.0 if far else sum(40.0 for j, (px, py) in enumerate(points)
+                                        if j != i and (cx - px) ** 2 + (cy - py) ** 2 < own)
             axbox = ax.get_window_extent(renderer)
             cost += 1e4 * (box.x0 < axbox.x0 or box.x1 > axbox.x1 or box.y0 < axbox.y0 or box.y1 > axbox.y1)
             if best_cost is None or cost < best_cost:

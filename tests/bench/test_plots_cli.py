@@ -89,6 +89,31 @@ def test_reference_levels_are_drawn_where_their_accuracies_are(tmp_path, monkeyp
     assert not any(levels(ax, v) for f in figures.values() for ax in f.axes for v in (True, False))
 
 
+def test_labels_of_a_dense_cluster_do_not_overlap():
+    from matplotlib.text import Text
+
+    plt = plots._plt()
+    fig, ax = plt.subplots(figsize=(9.5, 6.2))
+    # ten fusions within a few pixels of each other (as soc_pixels' vector fusions), three apart
+    xs = [130 + 3 * (i % 4) for i in range(10)] + [300, 1200, 1400]
+    ys = [67 + 0.3 * (i % 3) for i in range(10)] + [89, 79, 87]
+    labels = ["concat", "concat_mlp", "linear_sum", "product", "mlb", "mfb", "mfh", "block", "gmu", "mcb", "dan",
+              "bilinear", "ban"]
+    ax.scatter(xs, ys)
+    ax.set_xlim(0, 1600)
+    ax.set_ylim(40, 95)
+    plots._place_labels(ax, xs, ys, labels)
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for t in ax.texts:
+        t.update_positions(renderer)
+        boxes.append((t.get_text(), Text.get_window_extent(t, renderer)))
+    assert sorted(b[0] for b in boxes) == sorted(labels)
+    overlaps = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if plots._overlap(ba, bb) > 0]
+    plt.close(fig)
+    assert overlaps == []
+
+
 def test_parse_tasks_and_unknown_task_error(capsys):
     assert parse_tasks(None) is None
     assert parse_tasks(["soc,soc_bits", "interactions_o2", "soc"]) == ["soc", "soc_bits", "interactions_o2"]
