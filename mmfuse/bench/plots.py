@@ -73,7 +73,7 @@ def _place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence
                (14, 16), (14, -22), (-14, 16), (-14, -22), (0, 24), (0, -28), (26, -3), (-26, -3),
                (28, 30), (28, -36), (-28, 30), (-28, -36), (0, 42), (0, -46), (48, -3), (-48, -3),
                (48, 22), (48, -28), (-48, 22), (-48, -28)]
-    placed: list[Any] = []
+    placed: list[Any] = [Text.get_window_extent(t, renderer) for t in ax.texts]  # e.g. the reference lines' names
     points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
     order = sorted(range(len(labels)), key=lambda i: (ys[i], xs[i]))
     for i in order:
