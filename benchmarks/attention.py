@@ -222,8 +222,6 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-
-
 def main(argv=None) -> int:
     global OUT_DIM
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

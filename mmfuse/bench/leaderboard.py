@@ -695,11 +695,6 @@ def merge_results(out_dir: str | os.PathLike[str], sources: Sequence[str | os.Pa
     return {"entries": len(state["entries"]), "skipped": len(state["skipped"]), "sources": len(paths)}
 
 
-def _select(pattern: str) -> list[str]:
-    """The fusions ``--fusions`` names, in its order (:func:`mmfuse.select_fusions`)."""
-    return mmfuse.select_fusions(pattern)
-
-
 def check_tasks(tasks: Sequence[str]) -> list[str]:
     """``tasks`` checked against :data:`TASKS` (a ValueError names the known ones)."""
     out = []
@@ -869,7 +864,7 @@ def run_leaderboard_bench(
     if max_minutes is not None and not max_minutes >= 0:  # NaN too
         raise ValueError(f"max_minutes: expected a number of minutes >= 0, got {max_minutes!r}")
     start, longest = time.monotonic(), 0.0  # the time limit counts from here
-    names = _select(fusions_pattern)
+    names = mmfuse.select_fusions(fusions_pattern)
     train_fn = train_fn or default_train
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir or Path("runs") / time.strftime("leaderboard-%Y%m%d-%H%M%S"))

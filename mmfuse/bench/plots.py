@@ -62,8 +62,9 @@ def _colour(family: str) -> str:
 
 
 def _place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], fontsize: float = 7.5) -> None:
-    """Annotate each point with its label, choosing among 8 offsets the one that overlaps the
-    labels already placed (and the points) the least."""
+    """Annotate each point with its label, choosing among 28 offsets (the far ones with a leader
+    line) the one that overlaps the texts already on the axes, the labels placed before it and the
+    points the least."""
     from matplotlib.text import Text
 
     fig = ax.figure
@@ -75,6 +76,7 @@ def _place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence
                (48, 22), (48, -28), (-48, 22), (-48, -28)]
     placed: list[Any] = [Text.get_window_extent(t, renderer) for t in ax.texts]  # e.g. the reference lines' names
     points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    axbox = ax.get_window_extent(renderer)
     order = sorted(range(len(labels)), key=lambda i: (ys[i], xs[i]))
     for i in order:
         best, best_cost = None, None
@@ -98,7 +100,6 @@ def _place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence
             own = (cx - points[i][0]) ** 2 + (cy - points[i][1]) ** 2
             cost += 0.0 if far else sum(40.0 for j, (px, py) in enumerate(points)
                                         if j != i and (cx - px) ** 2 + (cy - py) ** 2 < own)
-            axbox = ax.get_window_extent(renderer)
             cost += 1e4 * (box.x0 < axbox.x0 or box.x1 > axbox.x1 or box.y0 < axbox.y0 or box.y1 > axbox.y1)
             if best_cost is None or cost < best_cost:
                 if best is not None:

@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .leaderboard import RESULTS, _load_results, _select, _write_text, merge_results
+import mmfuse
+
+from .leaderboard import RESULTS, _load_results, _write_text, merge_results
 
 WORKERS_DIR = "workers"
 
@@ -65,8 +67,6 @@ def _order(names: Sequence[str], out: Path) -> list[str]:
     """Longest first (the mean train s of a fusion's stored entries; attention fusions, which are
     the slower family, before vector ones where nothing is stored), so that N workers finish
     together rather than waiting on one slow fusion started last."""
-    import mmfuse
-
     entries = _load_results(out / RESULTS)["entries"].values()
 
     def cost(name: str) -> tuple[float, int]:
@@ -159,7 +159,7 @@ def run_workers(
         raise ValueError(f"workers: expected a count >= 1, got {workers!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = _order(_select(fusions_pattern), out)
+    names = _order(mmfuse.select_fusions(fusions_pattern), out)
     threads = max(1, (cores or os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.monotonic()
