@@ -31,6 +31,9 @@
 #                    closed-form backward, Tucker's aligned GEMMs, BLOCK's GPU tile, the
 #                    Triton power-normalize) and session 13's fused MFB / MFH tail against the
 #                    code it replaced, eager and graph                                           120
+#   kernels_cuda     tests/test_kernels.py on CUDA: the Triton kernels' values and gradients
+#                    against the torch ops, the CUDA-only fusion paths against the CPU,
+#                    compile and export with the kernels; log in $OUT/pytest_cuda.txt              90
 #   leaderboard_rate two 2.5-minute leaderboard parts, 3 seeds: 14 workers training on the
 #                    host's CPU cores, then 8 workers training on the GPU: entries per minute
 #                    each way, for issue 7's 10-minute target                                   400
@@ -38,7 +41,8 @@
 #                    --workers 8 (LB_WORKERS): a resumable part; run it again to continue
 #                    (issue 7)                                                                  420
 #   leaderboard_pixels  the soc_pixels task (from pixels, the GPU-sized entries), 3 seeds,
-#                    --workers 8 on the GPU, --max-minutes 6: one resumable part. It starts
+#                    --workers 8 on the GPU, --max-minutes its cap's less 60 s (LB_MINUTES
+#                    sets it): one resumable part. It starts
 #                    from docs/leaderboard/soc-pixels-results.json (what earlier sessions
 #                    trained, on a GPU or a CPU: each entry names its machine) and returns the
 #                    merged results.json as soc_pixels_results.json: commit it over that
@@ -46,6 +50,9 @@
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
 #                    most attention fusions sit at the answer prior through 8 epochs,
 #                    docs/BENCHMARKS.md), 3 seeds, --max-minutes 6, resumable (issue 7)        420
+# SESSION_S=N bounds the whole script to N seconds: each part's cap is cut to what is left, and a
+# part with under 15 s left is skipped, so that one device command (600 s at most) ends with its
+# files copied however long the parts before took: `SESSION_S=570 bash benchmarks/device_session.sh ...`.
 # Each JSON table is rewritten after every row, so a part stopped at its cap keeps what it
 # measured; the two training runs' run.json and metrics.csv come back in $OUT/runs.tar.gz.
 #
@@ -71,12 +78,28 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
+# cap_of NAME DEFAULT_CAP: the part's cap in seconds: CAP_<NAME> or the default, cut to what is left
+# of SESSION_S (the whole script's budget, when set: a device command's limit less a margin for the
+# transfers), less 10 s for the kill grace; 0 when under 15 s are left
+cap_of() {
+    local var="CAP_${1^^}" cap=$2
+    cap=${!var:-$cap}
+    if [ -n "${SESSION_S:-}" ]; then
+        local left=$((SESSION_S - SECONDS))
+        if [ "$left" -lt 15 ]; then cap=0; elif [ "$cap" -gt $((left - 10)) ]; then cap=$((left - 10)); fi
+    fi
+    echo "$cap"
+}
+
 # part NAME DEFAULT_CAP COMMAND...: run COMMAND under the cap, its output appended to the log
 part() {
-    local name=$1 cap=$2
+    local name=$1 cap
+    cap=$(cap_of "$1" "$2")
     shift 2
-    local var="CAP_${name^^}"
-    cap=${!var:-$cap}
+    if [ "$cap" -le 0 ]; then
+        echo "== $name: skipped: $((SESSION_S - SECONDS))s left of SESSION_S=$SESSION_S" | tee -a "$LOG"
+        return
+    fi
     echo "== $name: cap ${cap}s: $*" | tee -a "$LOG"
     local start=$SECONDS
     timeout --signal=INT --kill-after=10 "$cap" "$@" 2>&1 | tee -a "$LOG"
@@ -99,6 +122,7 @@ if [ "$SMOKE" = 1 ]; then
     RATE=(--quick --fusions "concat,mlb" --n-train 40 --epochs 1 --no-plots)
     LB_SOC=(--fusions "concat,san" --seeds 1 --n-train 40 --epochs 1)
     LB_PIX=(--fusions "concat,mlb" --seeds 1 --n-train 40 --n-test 20 --epochs 1 --no-plots --workers 2)
+    KERNEL_TESTS=(tests/test_kernels.py -k dispatch)
 else
     F32=(--batch 128 --rounds 3 --repeat 5)
     BF16=(--batch 2048 --shapes 2d --autocast bf16 --square-baseline --cuda-graph --rounds 3 --repeat 5)
@@ -113,7 +137,8 @@ else
     LB=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}" --accelerator "${LB_ACCEL:-auto}")
     RATE=(--seeds 3 --max-minutes 2.5 --no-plots)
     LB_SOC=(--seeds 3 --epochs 24 --max-minutes 6)
-    LB_PIX=(--seeds 3 --max-minutes "${LB_MINUTES:-6}" --workers "${LB_WORKERS:-8}" --no-plots)
+    LB_PIX=(--seeds 3 --workers "${LB_WORKERS:-8}" --no-plots)
+    KERNEL_TESTS=(tests/test_kernels.py)
 fi
 PIX_RESULTS=${PIX_RESULTS:-docs/leaderboard/soc-pixels-results.json}
 MICRO_EXTRA=()
@@ -156,6 +181,10 @@ run_part() {
             part ablations 120 "$PY" benchmarks/gpu_ablations.py --device "$DEVICE" "${ABL[@]}" --json "$WORK/gpu_ablations.json"
             copy "$WORK/gpu_ablations.json" gpu_ablations.json
             ;;
+        kernels_cuda)
+            part kernels_cuda 90 "$PY" -m pytest -q -p no:cacheprovider "${KERNEL_TESTS[@]}"
+            sed -n '/== kernels_cuda: cap/,/== kernels_cuda: rc/p' "$LOG" > "$OUT/pytest_cuda.txt"
+            ;;
         leaderboard_rate)
             part leaderboard_cpu 200 "$PY" -m mmfuse bench leaderboard --device "$DEVICE" --out "$WORK/lb_cpu" \
                 "${RATE[@]}" --workers 14 --accelerator cpu
@@ -171,8 +200,11 @@ run_part() {
         leaderboard_pixels)
             mkdir -p "$WORK/leaderboard_pixels"
             [ -f "$PIX_RESULTS" ] && cp "$PIX_RESULTS" "$WORK/leaderboard_pixels/results.json"
+            # no entry starts that would end past the cap: its minutes less 60 s for the data and the merge
+            local minutes=${LB_MINUTES:-$(awk -v c="$(cap_of leaderboard_pixels 420)" 'BEGIN { m = (c - 60) / 60; print (m > 0 ? m : 0) }')}
             part leaderboard_pixels 420 "$PY" -m mmfuse bench leaderboard --tasks soc_pixels --device "$DEVICE" \
-                --accelerator "$( [ "$DEVICE" = cpu ] && echo cpu || echo gpu )" --out "$WORK/leaderboard_pixels" "${LB_PIX[@]}"
+                --accelerator "$( [ "$DEVICE" = cpu ] && echo cpu || echo gpu )" --out "$WORK/leaderboard_pixels" \
+                --max-minutes "$minutes" "${LB_PIX[@]}"
             copy "$WORK/leaderboard_pixels/leaderboard.md" leaderboard_pixels.md
             copy "$WORK/leaderboard_pixels/results.json" soc_pixels_results.json
             ;;
@@ -182,7 +214,7 @@ run_part() {
             copy "$WORK/leaderboard_soc/leaderboard.md" leaderboard_soc.md
             ;;
         *)
-            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile ablations leaderboard_rate leaderboard leaderboard_pixels leaderboard_soc)" | tee -a "$LOG"
+            echo "device_session: unknown part '$1' (machine fusions fusions_bf16 fusions_compile attention throughput pixels profile ablations kernels_cuda leaderboard_rate leaderboard leaderboard_pixels leaderboard_soc)" | tee -a "$LOG"
             return 2
             ;;
     esac

@@ -12,7 +12,10 @@ and writes the tables and plots of everything once, training nothing more.
 It is resumable as the single-process run is: each worker folder is seeded with what ``OUT``
 already holds for its fusion, and a worker rerun skips what it finished. ``--max-minutes``
 applies to the whole call: a worker gets the minutes left when it starts and starts no entry past
-them, and no worker starts once they are spent.
+them, and no worker starts once fewer minutes are left than the slowest entry of this call took
+(a finished worker's wall time over the entries it trained), so that a call ends inside its limit
+rather than in the middle of an entry. An interrupted call (Ctrl-C, a time cap's SIGINT) stops its
+workers and still merges what they finished before it re-raises.
 """
 
 from __future__ import annotations
@@ -78,34 +81,47 @@ def _order(names: Sequence[str], out: Path) -> list[str]:
     return sorted(names, key=cost)
 
 
+def _trained_keys(out: Path, name: str) -> set[str]:
+    """The entry keys a worker folder holds now."""
+    return set(_load_results(out / WORKERS_DIR / name / RESULTS)["entries"])
+
+
 def _loop(pending, running, started, not_started, failed, workers, out, passthrough, max_minutes, start, env,
           log, poll_s) -> None:
-    """Start workers while there is room and time; reap the finished ones; until none is left."""
+    """Start workers while there is room and time; reap the finished ones; until none is left.
+
+    ``running`` maps a fusion to ``(process, log file, start time, entry keys it was seeded with)``.
+    """
+    slowest_entry_s = 0.0  # a finished worker's seconds per entry it trained, the most of this call
     while pending or running:
         while pending and len(running) < workers:
             left = None if max_minutes is None else max_minutes - (time.monotonic() - start) / 60.0
-            if left is not None and left <= 0:
+            if left is not None and (left <= 0 or 60.0 * left < slowest_entry_s):
                 not_started.extend(pending)
                 pending.clear()
                 break
             name = pending.pop(0)
             _seed_worker(out, name)
+            seeded = _trained_keys(out, name)
             logf = open(out / WORKERS_DIR / f"{name}.log", "a")  # noqa: SIM115 - closed when it ends
             proc = subprocess.Popen(worker_command(name, out, passthrough, left), stdout=logf,
                                     stderr=subprocess.STDOUT, env=env)
-            running[name] = (proc, logf)
+            running[name] = (proc, logf, time.monotonic(), seeded)
             started.append(name)
             log(f"[workers] {name}: started ({len(running)} running, {len(pending)} waiting)")
-        for name, (proc, logf) in list(running.items()):
+        for name, (proc, logf, began, seeded) in list(running.items()):
             if proc.poll() is None:
                 continue
             logf.close()
             del running[name]
+            trained = len(_trained_keys(out, name) - seeded)
+            if trained:
+                slowest_entry_s = max(slowest_entry_s, (time.monotonic() - began) / trained)
             if proc.returncode != 0:
                 failed[name] = proc.returncode
                 log(f"[workers] {name}: FAILED (exit {proc.returncode}; {out / WORKERS_DIR / name}.log)")
             else:
-                log(f"[workers] {name}: done")
+                log(f"[workers] {name}: done ({trained} entries)")
         if running:
             time.sleep(poll_s)
 
@@ -114,11 +130,11 @@ def _stop(running: dict, grace_s: float = 20.0) -> None:
     """SIGINT every running worker (Lightning stops its fit cleanly), then kill what is left."""
     import signal
 
-    for proc, _ in running.values():
+    for proc, *_ in running.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + grace_s
-    for proc, logf in running.values():
+    for proc, logf, *_ in running.values():
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -165,10 +181,13 @@ def run_workers(
     start = time.monotonic()
     pending, running = list(names), {}
     started, not_started, failed = [], [], {}
+    interrupted: BaseException | None = None
     try:
         _loop(pending, running, started, not_started, failed, workers, out, passthrough, max_minutes, start, env,
               log, poll_s)
-    finally:  # interrupted (Ctrl-C, a time cap's SIGINT): stop the workers too, not leave them running
+    except KeyboardInterrupt as exc:  # Ctrl-C, a time cap's SIGINT: keep what the workers finished
+        interrupted = exc
+    finally:  # stop the workers too, not leave them running
         _stop(running)
     before = set(_load_results(out / RESULTS)["entries"])
 
@@ -182,4 +201,8 @@ def run_workers(
         _write_text(out / RESULTS, json.dumps(state, indent=1) + "\n")
     if not_started:
         log(f"[workers] time limit: {len(not_started)} fusions not started")
+    if interrupted is not None:
+        log(f"[workers] interrupted: merged what {merged['sources']} workers finished "
+            f"({merged['entries']} entries in {RESULTS})")
+        raise interrupted
     return {"started": started, "not_started": not_started, "failed": failed, "merged": merged}

@@ -114,3 +114,24 @@ def test_leaderboard_pixels_part_continues_from_the_committed_results(tmp_path):
     assert "== leaderboard_pixels: rc 0" in log, log[-2000:]
     second = json.loads((tmp_path / "b" / "out" / "soc_pixels_results.json").read_text())["entries"]
     assert second == first  # nothing retrained: a retrained entry has its own train s and curve
+
+
+def test_kernels_cuda_part_keeps_the_pytest_summary(tmp_path):
+    r = _run(tmp_path, "kernels_cuda")
+    text = (tmp_path / "out" / "pytest_cuda.txt").read_text()
+    assert text.startswith("== kernels_cuda: cap 90s") and "== kernels_cuda: rc 0" in text, text[-2000:]
+    assert "1 passed" in text and r.returncode == 0
+
+
+def test_session_budget_cuts_caps_and_skips_what_does_not_fit(tmp_path):
+    """SESSION_S: a part's cap is cut to the seconds left less 10; with under 15 s left a part is
+    skipped, and the script still ends with its summary line."""
+    r = _run(tmp_path / "a", "throughput", SESSION_S="18", CAP_THROUGHPUT="600")
+    log = (tmp_path / "a" / "out" / "device.log").read_text()
+    assert int(log.split("== throughput: cap ")[1].split("s")[0]) in (7, 8) and r.returncode == 0
+    r = _run(tmp_path / "b", "machine", SESSION_S="14")
+    log = (tmp_path / "b" / "out" / "device.log").read_text()
+    assert "== machine: skipped: " in log and "s left of SESSION_S=14" in log and "== machine: cap" not in log
+    assert "== done:" in log and r.returncode == 0
+    r = _run(tmp_path / "c", "machine", SESSION_S="100")
+    assert "== machine: cap 10s" in (tmp_path / "c" / "out" / "device.log").read_text()  # room: unchanged

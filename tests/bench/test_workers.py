@@ -108,3 +108,61 @@ def test_an_interrupted_call_stops_its_workers(tmp_path):
     running = {"x": (proc, log)}
     wk._stop(running, grace_s=5.0)
     assert proc.poll() is not None and running == {} and log.closed
+
+
+def _fake_worker(monkeypatch, sleep_s: float) -> None:
+    """Workers that sleep, then store one entry of their fusion (no training)."""
+
+    def command(fusion, out, passthrough, minutes_left):
+        folder = out / wk.WORKERS_DIR / fusion
+        entry = {"task": "t", "fusion": fusion, "seed": 0, "digest": "d", "train_s": sleep_s}
+        state = {"format": lb.FORMAT, "entries": {f"t/{fusion}/seed0": entry}, "skipped": {}}
+        script = (f"import json, time; time.sleep({sleep_s}); "
+                  f"open({str(folder / 'results.json')!r}, 'w').write(json.dumps({state!r}))")
+        return [sys.executable, "-c", script]
+
+    monkeypatch.setattr(wk, "worker_command", command)
+
+
+def test_no_worker_starts_with_less_time_left_than_the_slowest_entry(tmp_path, monkeypatch):
+    """One worker at a time, 3 s: the first takes about 1.5 s for its entry, so the second, with
+    less than that left, does not start (it would end past the limit)."""
+    _fake_worker(monkeypatch, 1.5)
+    lines: list[str] = []
+    res = wk.run_workers("concat,lmf", 1, tmp_path, [], max_minutes=0.05, log=lines.append, poll_s=0.05)
+    assert res["started"] == ["concat"] and res["not_started"] == ["lmf"]
+    assert "concat: done (1 entries)" in " ".join(lines)
+    assert set(_results(tmp_path)["entries"]) == {"t/concat/seed0"}
+    # without a limit both run
+    res = wk.run_workers("concat,lmf", 1, tmp_path / "all", [], log=lines.append, poll_s=0.05)
+    assert res["started"] == ["concat", "lmf"] and set(_results(tmp_path / "all")["entries"]) == {
+        "t/concat/seed0", "t/lmf/seed0"}
+
+
+def test_an_interrupted_call_merges_what_its_workers_finished(tmp_path, monkeypatch):
+    """A time cap's SIGINT arrives while one worker runs: the finished worker's entry is merged
+    into the run folder, the running one is stopped, and the interrupt propagates."""
+    _fake_worker(monkeypatch, 0.2)
+    real_sleep = wk.time.sleep
+    calls = {"n": 0}
+
+    def sleep(seconds):  # the poll loop's sleep: one interrupt, once the first worker has finished
+        done = tmp_path / "workers" / "concat" / "results.json"
+        if not calls["n"] and done.is_file() and "t/concat/seed0" in _results(done.parent)["entries"]:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+
+    original = wk.worker_command
+
+    def command(fusion, out, passthrough, minutes_left):  # lmf never finishes by itself
+        return original(fusion, out, passthrough, minutes_left) if fusion == "concat" else [
+            sys.executable, "-c", "import time; time.sleep(60)"]
+
+    monkeypatch.setattr(wk, "worker_command", command)
+    monkeypatch.setattr(wk.time, "sleep", sleep)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        wk.run_workers("concat,lmf", 2, tmp_path, [], log=lines.append, poll_s=0.05)
+    assert set(_results(tmp_path)["entries"]) == {"t/concat/seed0"}
+    assert "interrupted: merged what 2 workers finished" in lines[-1]
