@@ -291,6 +291,27 @@ def test_mfh_with_dropout_compiles_fullgraph_in_training():
     torch.testing.assert_close(outs[1][1], outs[0][1])
 
 
+def test_capture_check_is_skipped_while_compiling(monkeypatch):
+    """MFH asks whether a CUDA stream is being captured before it draws a dropout seed; under
+    torch.compile that query is not traceable (a fullgraph compile of a training MFH failed on it on
+    an H200), so it must not be asked while compiling. Runs without a GPU: a stand-in CUDA tensor."""
+    from mmfuse.fusions import factorized
+
+    class CudaLike:
+        is_cuda = True
+
+    def capturing():
+        raise AssertionError("is_current_stream_capturing called")
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", capturing)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert factorized._capturing(CudaLike()) is False
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert factorized._capturing(CudaLike()) is True
+    assert factorized._capturing(torch.zeros(1)) is False  # a CPU tensor: never asked
+
+
 def test_dispatch(monkeypatch):
     """float64 and CPU tensors (outside the interpreter) take the torch ops; MMFUSE_TRITON=0 turns
     the kernels off."""

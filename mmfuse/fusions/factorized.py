@@ -574,8 +574,17 @@ class Tucker(VectorFusion):
 
 def _capturing(x: Tensor) -> bool:
     """Whether ``x``'s CUDA stream is being captured into a graph (a seed drawn on the host would be
-    frozen into it)."""
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+    frozen into it). False while torch.compile traces: the query is not traceable (Dynamo stops a
+    fullgraph compile on it, seen on an H200 with torch 2.11), and a compiled graph draws the seed
+    as one of its own ops."""
+    if not x.is_cuda or _compiling():
+        return False
+    return torch.cuda.is_current_stream_capturing()
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)  # torch.compiler.is_compiling: torch >= 2.3
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _half_compute(x: Tensor) -> bool:
