@@ -9,6 +9,8 @@ VQA2 configurations:
 - ``mcb``: the sketch's closed-form backward (``_CompactBilinear``) against autograd through
   rfft / irfft; with ``normalize`` also the fused power-normalize kernel off / on;
 - ``tucker``: GEMM widths padded to multiples of 8 (``Tucker.gemm_alignment``) against none (1);
+- ``mutan``: the same padding (``Mutan.gemm_alignment``, session 17: its widths of 700 are not
+  16-byte aligned in bf16) against none;
 - ``block``: one row tile on the GPU (``_TILE_ELEMENTS_CUDA`` 2^27) against the CPU's 2^23;
 - ``mfh``, ``mfb``: torch ops, the Triton power-normalize alone (session 12), and the fused
   tail (``kernels.MFHTail``: cascade, pooling and norms in one kernel each way; session 13);
@@ -104,6 +106,12 @@ def main(argv=None) -> int:
             fac.Tucker.gemm_alignment = a
             run("tucker", f"gemm_alignment {a}", m, xs)
 
+        m, xs = fusion("mutan")
+        square("mutan", m)
+        for a in (1, 8):
+            fac.Mutan.gemm_alignment = a
+            run("mutan", f"gemm_alignment {a}", m, xs)
+
         m, xs = fusion("block")
         square("block", m)
         for tile in (23, 27):
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
             run("block_tucker", f"kernel={on}", m, xs)
     finally:
         bil.MCB.sketch = closed_form
-        fac.Tucker.gemm_alignment = 8
+        fac.Tucker.gemm_alignment = fac.Mutan.gemm_alignment = 8
         fac._TILE_ELEMENTS_CUDA = 1 << 27
         _kernels(True)
     return 0

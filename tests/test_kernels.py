@@ -333,20 +333,21 @@ def test_dispatch(monkeypatch):
     [
         ("mcb", {"hidden_dim": 16}),
         ("tucker", {"hidden_dim": 5, "projected_dims": (3, 7), "normalize": True}),  # the padded GEMMs
+        ("mutan", {"hidden_dim": 5, "rank": 3, "projected_dims": (3, 7), "normalize": True}),  # the same
         ("block", {"hidden_dim": 10, "chunks": 3, "rank": 2}),
         ("mfh", {"hidden_dim": 4, "factor": 3}),
     ],
 )
 def test_cuda_paths_match_the_cpu(name, kw, monkeypatch):
-    """The CUDA-only paths (Triton power-normalize, Tucker's padded GEMMs, BLOCK's GPU tiles) give
-    the CPU's values and gradients, in float32 with TF32 off (Tucker pads for 16-bit GEMMs only,
-    so it is forced here)."""
-    from mmfuse.fusions import Tucker
+    """The CUDA-only paths (Triton power-normalize, Tucker's and MUTAN's padded GEMMs, BLOCK's GPU
+    tiles) give the CPU's values and gradients, in float32 with TF32 off (Tucker and MUTAN pad for
+    16-bit GEMMs only, so it is forced here)."""
+    from mmfuse.fusions import Mutan, Tucker
 
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(Tucker, "gemm_alignment", 8)
-    if name == "tucker":
-        monkeypatch.setattr(Tucker, "force_padding", True)
+    for cls in (Tucker, Mutan):
+        monkeypatch.setattr(cls, "gemm_alignment", 8)
+        monkeypatch.setattr(cls, "force_padding", cls.fusion_name == name)
     torch.manual_seed(0)
     cpu = mmfuse.create_fusion(name, in_dims=(12, 10), out_dim=6, **kw).eval()
     gpu = mmfuse.create_fusion(name, in_dims=(12, 10), out_dim=6, **kw).eval()

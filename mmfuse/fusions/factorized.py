@@ -543,11 +543,8 @@ class Tucker(VectorFusion):
         rows, the head's columns), so the padded features meet zero weights and the result is the
         same; the pads' backward drops the padding's gradients.
         """
-        if not (self.force_padding or (x.is_cuda and _half_compute(x))):
-            return 0, 0, 0
-        a = self.gemm_alignment
         (tx, ty), h = self.projected_dims, self.hidden_dim
-        return -tx % a, -h % a, -ty % a
+        return _gemm_pads(self, x, (tx, h, ty))
 
     def fuse(self, x: Tensor, y: Tensor) -> Tensor:
         px, ph, py = self._pads(x)
@@ -587,6 +584,17 @@ def _compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def _gemm_pads(module: nn.Module, x: Tensor, widths: Sequence[int]) -> tuple[int, ...]:
+    """Zero features to add to each of ``widths`` for this call: up to multiples of
+    ``module.gemm_alignment`` where ``x``'s GEMMs run in 16 bits on CUDA (or ``module.force_padding``
+    is set), else none. A 16-bit row of a width that is not a multiple of 8 is not 16-byte aligned,
+    and cuBLAS then takes its slow unaligned kernels (see :meth:`Tucker._pads`)."""
+    if not (module.force_padding or (x.is_cuda and _half_compute(x))):
+        return (0,) * len(widths)
+    a = module.gemm_alignment
+    return tuple(-w % a for w in widths)
+
+
 def _half_compute(x: Tensor) -> bool:
     """Whether ``x``'s GEMMs run in 16 bits: a half dtype, or autocast on for its device."""
     if x.dtype in (torch.float16, torch.bfloat16):
@@ -617,6 +625,10 @@ class Mutan(VectorFusion):
     attention: t_v 620, t_q 310, t_o 510, R 5). block.bootstrap's ``Mutan``:
     ``activation=None`` (no tanh), ``hidden_dim=1600, rank=15``, its ``dropout_input`` as
     ``dropout_projected``.
+
+    For 16-bit GEMMs on CUDA the ``t_m`` and ``hidden_dim`` are padded on the fly to multiples of
+    ``gemm_alignment`` (8) with zero weights, as in :class:`Tucker` (block.bootstrap's VQA MUTAN
+    has widths of 700, whose bf16 rows are not 16-byte aligned); the values are unchanged.
 
     Parameters: ``sum_m [(D_m + 1) t_m + (t_m + 1) R · hidden_dim] + (hidden_dim + 1) · out_dim``.
     """
@@ -654,15 +666,26 @@ class Mutan(VectorFusion):
         )
         self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
 
+    # pad the t_m and hidden_dim to multiples of this for 16-bit GEMMs on CUDA (see _gemm_pads);
+    # force_padding pads everywhere (tests, on a CPU)
+    gemm_alignment: int = 8
+    force_padding: bool = False
+
     def fuse(self, *xs: Tensor) -> Tensor:
+        *pt, ph = _gemm_pads(self, xs[0], (*self.projected_dims, self.hidden_dim))
+        r, h = self.rank, self.hidden_dim + ph
         m = None
-        for lin, h in zip(self.rank_terms, self.inputs(xs)):
-            t = lin(h)  # [N, R*H]
+        for lin, x, p in zip(self.rank_terms, self.inputs(xs, pad=pt), pt):
+            if p or ph:  # zero weights for the padded inputs (columns) and outputs (rows of each rank)
+                w = F.pad(lin.weight.unflatten(0, (r, self.hidden_dim)), (0, p, 0, ph)).flatten(0, 1)
+                t = F.linear(x, w, F.pad(lin.bias.unflatten(0, (r, self.hidden_dim)), (0, ph)).flatten())
+            else:
+                t = lin(x)  # [N, R*H]
             m = t if m is None else m * t
-        z = m.unflatten(-1, (self.rank, self.hidden_dim)).sum(-2)  # [N, H]
+        z = m.unflatten(-1, (r, h)).sum(-2)  # [N, H]; padded features are 0
         if self.normalize:
             z = power_normalize(z)
-        return self.head(z)
+        return self.head(z, pad_in=ph)
 
     def expected_num_parameters(self) -> int:
         rh = self.rank * self.hidden_dim

@@ -523,6 +523,49 @@ def test_tucker_padded_gemms_same_values_and_gradients(activation, normalize, sh
         torch.testing.assert_close(got[2][n], ref[2][n], msg=n)
 
 
+def _grads_of(f, xs):
+    """Output, input gradients and parameter gradients of one weighted-sum backward."""
+    f.zero_grad()
+    for x in xs:
+        x.grad = None
+    with torch.enable_grad():
+        out = f(*xs)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+    return out, [x.grad for x in xs], {n: p.grad.clone() for n, p in f.named_parameters()}
+
+
+@pytest.mark.parametrize("activation, normalize", [("tanh", False), ("sigmoid", True)])
+@pytest.mark.parametrize("in_dims, projected", [((6, 5), (3, 7)), ((6, 5, 4), (9, 2, 8))])
+def test_mutan_padded_gemms_same_values_and_gradients(activation, normalize, in_dims, projected, monkeypatch):
+    """MUTAN's 16-bit CUDA path pads t_m and hidden_dim to aligned widths (here forced on the
+    CPU, float32): same values and gradients, parameters included, for 2 and 3 modalities; the
+    sigmoid's 0.5 on padded features must meet zero weights."""
+    f = Mutan(in_dims, 4, hidden_dim=5, rank=3, projected_dims=projected, activation=activation,
+              normalize=normalize, dropout_input=0.0, dropout_pre_lin=0.0).eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(2, 3, d, generator=g, requires_grad=True) for d in in_dims]
+    ref = _grads_of(f, xs)
+    monkeypatch.setattr(Mutan, "force_padding", True)
+    seen = []
+    linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        seen.append(tuple(w.shape))
+        return linear(x, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    got = _grads_of(f, xs)
+    monkeypatch.undo()
+    # the padded path ran: each rank term [3 ranks * 8, t_m up to a multiple of 8], the head reads 8
+    assert all((24, -(-t // 8) * 8) in seen for t in projected) and (4, 8) in seen, seen
+    torch.testing.assert_close(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b)
+    for n in ref[2]:
+        assert got[2][n].shape == ref[2][n].shape, n
+        torch.testing.assert_close(got[2][n], ref[2][n], msg=n)
+
+
 def test_tucker_pads_only_for_16_bit_compute():
     from mmfuse.fusions.factorized import _half_compute
 
