@@ -11,10 +11,13 @@ VQA2 configurations:
 - ``tucker``: GEMM widths padded to multiples of 8 (``Tucker.gemm_alignment``) against none (1);
 - ``mutan``: the same padding (``Mutan.gemm_alignment``, session 17: its widths of 700 are not
   16-byte aligned in bf16) against none;
-- ``block``: one row tile on the GPU (``_TILE_ELEMENTS_CUDA`` 2^27) against the CPU's 2^23;
+- ``block``: one row tile on the GPU (``_TILE_ELEMENTS_CUDA`` 2^27) against the CPU's 2^23; and
+  chunks padded to multiples of 8 (``Block.gemm_alignment``, session 17: chunks of 89) against
+  none;
 - ``mfh``, ``mfb``: torch ops, the Triton power-normalize alone (session 12), and the fused
   tail (``kernels.MFHTail``: cascade, pooling and norms in one kernel each way; session 13);
-- ``block_tucker``: the Triton power-normalize (mmfuse/kernels.py) off / on.
+- ``block_tucker``: the Triton power-normalize (mmfuse/kernels.py) off / on; chunks padded to
+  multiples of 8 (``BlockTucker.gemm_alignment``, session 17: chunks of 180) against none.
 
 Each group starts with its square GEMM. Rows go to stdout as JSON lines and to ``--json``.
 
@@ -114,9 +117,12 @@ def main(argv=None) -> int:
 
         m, xs = fusion("block")
         square("block", m)
+        fac.Block.gemm_alignment = 1
         for tile in (23, 27):
             fac._TILE_ELEMENTS_CUDA = 1 << tile
             run("block", f"tile 2^{tile} elements", m, xs)
+        fac.Block.gemm_alignment = 8
+        run("block", "tile 2^27 elements, gemm_alignment 8", m, xs)
 
         for name in ("mfh", "mfb"):
             m, xs = fusion(name)
@@ -129,12 +135,16 @@ def main(argv=None) -> int:
 
         m, xs = fusion("block_tucker")
         square("block_tucker", m)
+        fac.BlockTucker.gemm_alignment = 1
         for on in (False, True):
             _kernels(on)
             run("block_tucker", f"kernel={on}", m, xs)
+        fac.BlockTucker.gemm_alignment = 8
+        run("block_tucker", "kernel=True, gemm_alignment 8", m, xs)
     finally:
         bil.MCB.sketch = closed_form
-        fac.Tucker.gemm_alignment = fac.Mutan.gemm_alignment = 8
+        for cls in (fac.Tucker, fac.Mutan, fac.Block, fac.BlockTucker):
+            cls.gemm_alignment = 8
         fac._TILE_ELEMENTS_CUDA = 1 << 27
         _kernels(True)
     return 0

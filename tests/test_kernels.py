@@ -334,18 +334,19 @@ def test_dispatch(monkeypatch):
         ("mcb", {"hidden_dim": 16}),
         ("tucker", {"hidden_dim": 5, "projected_dims": (3, 7), "normalize": True}),  # the padded GEMMs
         ("mutan", {"hidden_dim": 5, "rank": 3, "projected_dims": (3, 7), "normalize": True}),  # the same
-        ("block", {"hidden_dim": 10, "chunks": 3, "rank": 2}),
+        ("block", {"hidden_dim": 10, "chunks": 3, "rank": 2}),  # GPU tiles and padded chunks
+        ("block_tucker", {"hidden_dim": 10, "chunks": 3}),
         ("mfh", {"hidden_dim": 4, "factor": 3}),
     ],
 )
 def test_cuda_paths_match_the_cpu(name, kw, monkeypatch):
-    """The CUDA-only paths (Triton power-normalize, Tucker's and MUTAN's padded GEMMs, BLOCK's GPU
-    tiles) give the CPU's values and gradients, in float32 with TF32 off (Tucker and MUTAN pad for
-    16-bit GEMMs only, so it is forced here)."""
-    from mmfuse.fusions import Mutan, Tucker
+    """The CUDA-only paths (Triton power-normalize, the padded GEMMs of Tucker, MUTAN, BLOCK and
+    BLOCK-Tucker, BLOCK's GPU tiles) give the CPU's values and gradients, in float32 with TF32 off
+    (the padding is for 16-bit GEMMs only, so it is forced here)."""
+    from mmfuse.fusions import Block, BlockTucker, Mutan, Tucker
 
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    for cls in (Tucker, Mutan):
+    for cls in (Tucker, Mutan, Block, BlockTucker):
         monkeypatch.setattr(cls, "gemm_alignment", 8)
         monkeypatch.setattr(cls, "force_padding", cls.fusion_name == name)
     torch.manual_seed(0)

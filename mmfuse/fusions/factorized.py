@@ -448,6 +448,14 @@ def _core_backward_by_output(x: Tensor, y: Tensor, w: Tensor, dz: Tensor, need: 
     return (None if dx is None else dx.to(x.dtype), None if dy is None else dy.to(y.dtype), dw)
 
 
+class _PadsGemms:
+    """Fusions whose GEMM widths are padded on the fly to multiples of ``gemm_alignment`` for
+    16-bit GEMMs on CUDA (:func:`_gemm_pads`); ``force_padding`` pads everywhere (tests, on a CPU)."""
+
+    gemm_alignment: int = 8
+    force_padding: bool = False
+
+
 def _old_core_layout(renames: dict[str, str], permutation: tuple[int, ...]):
     """A load-state-dict pre-hook converting the earlier core layout: each tensor stored under an
     old name of ``renames`` is permuted by ``permutation`` and stored under its new name (the old
@@ -468,7 +476,7 @@ def _old_core_layout(renames: dict[str, str], permutation: tuple[int, ...]):
     paper="Ben-younes et al., ICCV 2017 (Tucker fusion, MUTAN paper)",
     tiny={"hidden_dim": 4},
 )
-class Tucker(VectorFusion):
+class Tucker(_PadsGemms, VectorFusion):
     """Tucker fusion with a full core: ``z = W_o((T_c ×1 x̃ ×2 ỹ) + b_c) + b_o``.
 
     ``x̃ = σ(W_x x)``, ``ỹ = σ(W_y y)`` (σ = tanh in the paper; block.bootstrap: none), then
@@ -524,11 +532,6 @@ class Tucker(VectorFusion):
         self.core_bias = nn.Parameter(uniform_(torch.empty(hidden_dim, **fk), tx))
         self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
         self._register_load_state_dict_pre_hook(_old_core_layout({"core": "core_weight"}, (1, 0, 2)))
-
-    # pad t_x, t_o, t_y to multiples of this for 16-bit GEMMs on CUDA (see _pads); force_padding
-    # pads everywhere (tests, on a CPU)
-    gemm_alignment: int = 8
-    force_padding: bool = False
 
     def _pads(self, x: Tensor) -> tuple[int, int, int]:
         """Zero features added to t_x, t_o, t_y for this call: multiples of ``gemm_alignment`` for
@@ -612,7 +615,7 @@ def _half_compute(x: Tensor) -> bool:
     paper="Ben-younes et al., ICCV 2017 (MUTAN: Multimodal Tucker fusion)",
     tiny={"hidden_dim": 4, "rank": 3},
 )
-class Mutan(VectorFusion):
+class Mutan(_PadsGemms, VectorFusion):
     """MUTAN: a Tucker fusion whose core has rank ``R``: ``z = W_o(sum_r (W_x^r x̃) ⊙ (W_y^r ỹ)) + b_o``.
 
     ``x̃ = tanh(W_x drop(x))``, ``ỹ = tanh(W_y drop(y))`` (widths ``projected_dims``, default
@@ -665,11 +668,6 @@ class Mutan(VectorFusion):
             nn.Linear(t, rank * hidden_dim, device=device, dtype=dtype) for t in self.projected_dims
         )
         self.head = FusionHead(hidden_dim, out_dim, output_activation, dropout_pre_lin, dropout_output, **kw)
-
-    # pad the t_m and hidden_dim to multiples of this for 16-bit GEMMs on CUDA (see _gemm_pads);
-    # force_padding pads everywhere (tests, on a CPU)
-    gemm_alignment: int = 8
-    force_padding: bool = False
 
     def fuse(self, *xs: Tensor) -> Tensor:
         *pt, ph = _gemm_pads(self, xs[0], (*self.projected_dims, self.hidden_dim))
@@ -743,7 +741,7 @@ class ChunkLinear(nn.Module):
         return out.view(c, *lead, out.shape[-1])
 
 
-class _ChunkedFusion(VectorFusion):
+class _ChunkedFusion(_PadsGemms, VectorFusion):
     """Shared body of BLOCK and BLOCK-Tucker: projections to ``hidden_dim``, chunks, a per-chunk
     interaction (``_chunk_interaction``), signed sqrt + L2 per chunk, concatenation, head."""
 
@@ -799,7 +797,9 @@ class Block(_ChunkedFusion):
     modalities multiply all their chunk terms. Chunks of equal size run as one batched matmul
     per modality (at most two sizes), the ``R`` terms of a chunk as one ``s_c -> R · s_c`` map
     (rank-major, as block.bootstrap). Paper VQA defaults: ``hidden_dim=1600, chunks=18,
-    rank=15``, dropout 0.1 on the projections.
+    rank=15``, dropout 0.1 on the projections. For 16-bit GEMMs on CUDA each chunk is padded on
+    the fly to a multiple of ``gemm_alignment`` (8) with zero features and weights (chunks of 89
+    make unaligned bf16 rows, see :class:`Tucker`); the values are unchanged.
 
     Parameters: ``sum_m [(D_m + 1) H + sum_c (s_c + 1) R s_c] + (H + 1) · out_dim``.
     """
@@ -837,19 +837,31 @@ class Block(_ChunkedFusion):
         )
 
     def _chunk_interaction(self, group: int, parts: list[Tensor]) -> Tensor:
-        lins = self.merge[group]
+        r, size = self.rank, parts[0].shape[-1]
+        weights = [(lin.weight, lin.bias) for lin in self.merge[group]]
+        (pad,) = _gemm_pads(self, parts[0], (size,))
+        if pad:
+            # chunks of 89 (block.bootstrap's 1600 / 18) make unaligned bf16 rows on both sides of
+            # the bmm: each chunk's inputs, and each of its R outputs, get zero features and weights
+            parts = [F.pad(p, (0, pad)) for p in parts]
+            weights = [(F.pad(w.unflatten(-1, (r, size)), (0, pad, 0, 0, 0, pad)).flatten(-2),
+                        F.pad(b.unflatten(-1, (r, size)), (0, pad)).flatten(-2)) for w, b in weights]
         if all(p.shape == parts[0].shape for p in parts):
             # one autograd node over row tiles: the rank product and its gradients are never
             # materialised whole (peak memory at 3-D: docs/BENCHMARKS.md)
-            args = [a for lin, p in zip(lins, parts) for a in (p, lin.weight, lin.bias)]
+            args = [a for (w, b), p in zip(weights, parts) for a in (p, w, b)]
             if torch.is_grad_enabled() and any(a.requires_grad for a in args):
-                return _RankProductSum.apply(self.rank, *args)
-            return _rank_product_sum(self.rank, *args)[0]  # inference: nothing kept for backward
-        m = None  # broadcasting leading dims: plain autograd
-        for lin, p in zip(lins, parts):
-            t = lin(p)  # [C_g, N, R*s]
-            m = t if m is None else m * t
-        return m.unflatten(-1, (self.rank, m.shape[-1] // self.rank)).sum(-2)  # [C_g, N, s]
+                z = _RankProductSum.apply(r, *args)
+            else:
+                z = _rank_product_sum(r, *args)[0]  # inference: nothing kept for backward
+        else:
+            m = None  # broadcasting leading dims: plain autograd
+            for (w, b), p in zip(weights, parts):
+                c, lead = p.shape[0], p.shape[1:-1]
+                t = torch.baddbmm(b.unsqueeze(1), p.reshape(c, -1, p.shape[-1]), w).view(c, *lead, w.shape[-1])
+                m = t if m is None else m * t  # [C_g, N, R*s]
+            z = m.unflatten(-1, (r, m.shape[-1] // r)).sum(-2)  # [C_g, N, s]
+        return z[..., :size] if pad else z
 
     def expected_num_parameters(self) -> int:
         r, m = self.rank, len(self.in_dims)
@@ -985,7 +997,9 @@ class BlockTucker(_ChunkedFusion):
     ``nn.Bilinear(s, s, s)`` per chunk, computed with batched GEMMs instead: :func:`bilinear_core`).
     Chunks of equal size share one ``Tensor[C_g, s, s, s]`` core tensor (``core_weights[g]``,
     indexed ``[chunk, k, i, j]``); a state dict of the earlier ``[chunk, i, k, j]`` layout (key
-    ``cores``) is converted on load. Paper VQA defaults: ``hidden_dim=1800, chunks=10``.
+    ``cores``) is converted on load. Paper VQA defaults: ``hidden_dim=1800, chunks=10``. For
+    16-bit GEMMs on CUDA each chunk and its core are padded on the fly to a multiple of
+    ``gemm_alignment`` (8) with zeros (chunks of 180 make unaligned bf16 rows, see :class:`Tucker`).
 
     Memory: the outer products, ``N · sum_c s_c²`` floats, kept for backward up to
     :data:`_CORE_TILE` of them; past that they are never kept whole: formed in tiles, or on a
@@ -1036,7 +1050,13 @@ class BlockTucker(_ChunkedFusion):
         lead = torch.broadcast_shapes(x.shape[1:-1], y.shape[1:-1])
         xc = x.expand(c, *lead, s).reshape(c, -1, s)  # [C, N, s]
         yc = y.expand(c, *lead, s).reshape(c, -1, s)
+        (pad,) = _gemm_pads(self, x, (s,))
+        if pad:  # chunks of 180 (block.bootstrap's 1800 / 10): unaligned bf16 rows; zero features and core
+            xc, yc = F.pad(xc, (0, pad)), F.pad(yc, (0, pad))
+            core, bias = F.pad(core, (0, pad, 0, pad, 0, pad)), F.pad(bias, (0, pad))
         z = bilinear_core(xc, yc, core) + bias.unsqueeze(1)  # [C, N, s]
+        if pad:
+            z = z[..., :s]
         return z.view(c, *lead, s)
 
     def expected_num_parameters(self) -> int:

@@ -22,8 +22,9 @@ def test_every_variant_is_timed_and_the_code_is_restored(tmp_path):
     assert ("mcb", "autograd sketch, normalize=False") in got and ("mcb", "closed-form sketch, normalize=True, kernel=True") in got
     assert {("tucker", "gemm_alignment 1"), ("tucker", "gemm_alignment 8"), ("block", "tile 2^23 elements")} <= got
     assert {("mutan", "gemm_alignment 1"), ("mutan", "gemm_alignment 8")} <= got
+    assert {("block", "tile 2^27 elements, gemm_alignment 8"), ("block_tucker", "kernel=True, gemm_alignment 8")} <= got
     assert sum(r["variant"] == "square GEMM" for r in rows) == 7  # one per group
     assert all(r["eager ms"] > 0 and r["graph ms"] is None for r in rows)  # no CUDA graph on a CPU
     assert bil.MCB.sketch is sketch and fac._TILE_ELEMENTS_CUDA == tile
     assert {("mfh", "torch ops"), ("mfh", "power-normalize kernel"), ("mfh", "fused tail kernel")} <= got
-    assert fac.Tucker.gemm_alignment == 8 and fac.Mutan.gemm_alignment == 8 and Fn.use_kernels is use_kernels and fac.use_kernels is use_kernels
+    assert all(c.gemm_alignment == 8 for c in (fac.Tucker, fac.Mutan, fac.Block, fac.BlockTucker)) and Fn.use_kernels is use_kernels and fac.use_kernels is use_kernels

@@ -566,6 +566,73 @@ def test_mutan_padded_gemms_same_values_and_gradients(activation, normalize, in_
         torch.testing.assert_close(got[2][n], ref[2][n], msg=n)
 
 
+@pytest.mark.parametrize("in_dims, shapes", [
+    ((6, 5), ((2, 3), (2, 3))),  # one shape: the tiled autograd node
+    ((6, 5, 4), ((2, 3), (2, 3), (2, 3))),  # 3 modalities
+    ((6, 5), ((2, 3), (1, 3))),  # broadcasting leading dims: plain autograd
+])
+def test_block_padded_chunks_same_values_and_gradients(in_dims, shapes, monkeypatch):
+    """BLOCK's 16-bit CUDA path pads each chunk (sizes 4, 4, 3 here) to a multiple of 8, its rank
+    terms per rank (forced on the CPU, float32): same values and gradients, parameters included,
+    and the same inference output without autograd."""
+    f = Block(in_dims, 4, hidden_dim=11, chunks=3, rank=2, dropout_projected=0.0).eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(*shape, d, generator=g, requires_grad=True) for shape, d in zip(shapes, in_dims)]
+    ref = _grads_of(f, xs)
+    with torch.no_grad():
+        ref_eval = f(*xs)
+    monkeypatch.setattr(Block, "force_padding", True)
+    seen = []
+    baddbmm = torch.baddbmm
+
+    def spy(*a, **k):  # the chunk maps' weights [C, s_in, R * s]
+        seen.append(tuple(a[2].shape))
+        return baddbmm(*a, **k)
+
+    monkeypatch.setattr(torch, "baddbmm", spy)
+    got = _grads_of(f, xs)
+    with torch.no_grad():
+        got_eval = f(*xs)
+    monkeypatch.undo()
+    assert seen and all(w[1:] == (8, 16) for w in seen), seen  # padded: s_in 8, R * s = 2 * 8
+    torch.testing.assert_close(got[0], ref[0])
+    torch.testing.assert_close(got_eval, ref_eval)
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b)
+    for n in ref[2]:
+        assert got[2][n].shape == ref[2][n].shape, n
+        torch.testing.assert_close(got[2][n], ref[2][n], msg=n)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3), (2, 3)), ((2, 3), (1, 3))])
+def test_block_tucker_padded_chunks_same_values_and_gradients(shapes, monkeypatch):
+    """BLOCK-Tucker's 16-bit CUDA path pads each chunk and its core to a multiple of 8 (forced on
+    the CPU, float32): same values and gradients, parameters included."""
+    f = BlockTucker((6, 5), 4, hidden_dim=11, chunks=3, dropout_projected=0.0).eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(*shape, d, generator=g, requires_grad=True) for shape, d in zip(shapes, (6, 5))]
+    ref = _grads_of(f, xs)
+    monkeypatch.setattr(BlockTucker, "force_padding", True)
+    from mmfuse.fusions import factorized
+
+    seen, core = [], factorized.bilinear_core
+
+    def spy(x, y, w):
+        seen.append(tuple(w.shape))
+        return core(x, y, w)
+
+    monkeypatch.setattr(factorized, "bilinear_core", spy)
+    got = _grads_of(f, xs)
+    monkeypatch.undo()
+    assert seen == [(2, 8, 8, 8), (1, 8, 8, 8)], seen  # chunks of 4, 4 and 3, each core padded to 8
+    torch.testing.assert_close(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b)
+    for n in ref[2]:
+        assert got[2][n].shape == ref[2][n].shape, n
+        torch.testing.assert_close(got[2][n], ref[2][n], msg=n)
+
+
 def test_tucker_pads_only_for_16_bit_compute():
     from mmfuse.fusions.factorized import _half_compute
 
