@@ -48,7 +48,7 @@
 #                    merged results.json as soc_pixels_results.json: commit it over that
 #                    file, so that parts add up across sessions (issue 7)                       420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
-#                    most attention fusions sit at the answer prior through 8 epochs,
+#                    most attention fusions sit at the shape-count plateau through 8 epochs,
 #                    docs/BENCHMARKS.md), 3 seeds, --max-minutes 6, resumable (issue 7)        420
 # SESSION_S=N bounds the whole script to N seconds: each part's cap is cut to what is left, and a
 # part with under 15 s left is skipped, so that one device command (600 s at most) ends with its

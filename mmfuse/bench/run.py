@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_ENTRIES", "ENTRY_PIXELS", "KEYPOINT_TOKENS", "ENTRY_REGIONS"
 
 # (entry name, fusion name, fusion knobs): the concat baseline and models of every family. Widths
 # are 64-128 everywhere; the choices below are recorded with their measurements in docs/BENCHMARKS.md
-# ("The main job"): MCAN (post- or pre-norm) stayed at the answer prior for 2-4 epochs here and is
+# ("The main job"): MCAN (post- or pre-norm) stayed at the shape-count plateau for 2-4 epochs here and is
 # left to configs/soc_mcan.yaml; LXMERT stands for the co-attentional transformers, with two
 # cross-modality layers and no object-relationship layer, so that the regions attend to each other
 # after they have read the question, at width 96 and with its own region encoder (ENTRY_REGIONS):
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_ENTRIES", "ENTRY_PIXELS", "KEYPOINT_TOKENS", "ENTRY_REGIONS"
 # 0 / 1. DAN is the soft-attention model. SAN (79.2% relational) left the default run to keep it
 # under 15 minutes (15.5 minutes with it in session 7) and is in EXTRA_ENTRIES (``mmfuse run --only
 # san``), as is soft attention with an MLB scorer: at MLB's joint width 1200 it took 299 s of the
-# 15-minute budget, at 128 it stayed at the answer prior.
+# 15-minute budget, at 128 it stayed at the shape-count plateau.
 DEFAULT_ENTRIES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("concat_mlp", "concat_mlp", {"hidden_dims": [128]}),
     ("mlb", "mlb", {"hidden_dim": 128, "dropout_input": 0.0, "dropout_pre_lin": 0.1}),

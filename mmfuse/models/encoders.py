@@ -413,7 +413,7 @@ class CNNEncoder(Encoder):
     which the answers alone did not make them do. ``reconstruction_only`` stops the task's
     gradient at the keypoints, so that the CNN learns from the reconstruction alone and the
     fusion from the keypoints it is given: trained jointly on the answers, a Sort-of-CLEVR model
-    stayed at the answer prior although its keypoints covered every object.
+    stayed at the shape-count plateau although its keypoints covered every object.
     ``reconstruction_kernel`` (3) is the decoder's kernel size: 3×3 convolutions let a blob paint
     a cell or two away from its keypoint, so the reconstruction fixes each keypoint only up to an
     offset of its own (trained Sort-of-CLEVR models sat 1-2.5 px off some colours' centres, the

@@ -25,7 +25,7 @@ A model is built from the ``model:`` section of a config (a plain dict, e.g. fro
 - ``norm`` (``none`` | ``layer``, default ``none``): a LayerNorm (with its own gain and bias) on
   the encoder's outputs, each sequence row and the vector normalised separately (padded rows
   stay zero). On Sort-of-CLEVR a bag of words averages the colour word with seven others, and
-  attention over the regions sits at the answer prior for thousands of steps; with ``layer`` on
+  attention over the regions sits at the shape-count plateau for thousands of steps; with ``layer`` on
   both inputs (the question fed as a vector) 7 of the 21 attention fusions answered the
   non-relational questions within 1,120 steps, against 1 without (docs/BENCHMARKS.md).
 
