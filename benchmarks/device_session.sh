@@ -46,7 +46,9 @@
 #                    from docs/leaderboard/soc-pixels-results.json (what earlier sessions
 #                    trained, on a GPU or a CPU: each entry names its machine) and returns the
 #                    merged results.json as soc_pixels_results.json: commit it over that
-#                    file, so that parts add up across sessions (issue 7)                       420
+#                    file, so that parts add up across sessions (issue 7). Session 17: on the
+#                    H200 no entry finished within 6.7 minutes with 8 workers (batches of 64 are
+#                    host-bound there: docs/BENCHMARKS.md), so one command adds little      420
 #   leaderboard_soc  the soc task alone with --input-norm layer and 24 epochs (3x its budget:
 #                    most attention fusions sit at the shape-count plateau through 8 epochs,
 #                    docs/BENCHMARKS.md), 3 seeds, --max-minutes 6, resumable (issue 7)        420
