@@ -118,10 +118,13 @@ def _overlap(a, b) -> float:
     return max(w, 0.0) * max(h, 0.0)
 
 
-def _family_legend(ax, families: Sequence[str], loc: str = "best") -> None:
+def _family_legend(ax, families: Sequence[str], loc: str = "best", outside: bool = False) -> None:
+    """The family colours; ``outside``: to the right of the axes, where no point or label can be
+    under it (a legend inside the axes covered a label placed before it)."""
     plt = _plt()
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=_colour(f), label=f) for f in families]
-    ax.legend(handles=handles, title="family", fontsize=8, title_fontsize=8, loc=loc, framealpha=0.85)
+    where = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if outside else {"loc": loc}
+    ax.legend(handles=handles, title="family", fontsize=8, title_fontsize=8, framealpha=0.85, **where)
 
 
 # the no-training reference levels (leaderboard.task_references) as lines: (colour, line style)
@@ -150,7 +153,7 @@ def _scatter(rows: Sequence[Mapping[str, Any]], path: Path, task: str, x_key: st
     if not rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9.5, 6.2))
+    fig, ax = plt.subplots(figsize=(11, 6.2))
     xs = [float(r[f"{x_key}_mean"]) for r in rows]
     ys = [100 * float(r["accuracy_mean"]) for r in rows]
     for r, x, y in zip(rows, xs, ys):
@@ -177,9 +180,9 @@ def _scatter(rows: Sequence[Mapping[str, Any]], path: Path, task: str, x_key: st
     ax.set_ylabel("test accuracy (%), mean ± std over seeds", fontsize=11)
     ax.set_title(title, fontsize=12)
     ax.grid(alpha=0.3, which="major")
-    fig.tight_layout()
+    _family_legend(ax, sorted({r["family"] for r in rows}), outside=True)
+    fig.tight_layout()  # with the legend, before the labels are placed in the axes it leaves
     _place_labels(ax, xs, ys, [r["fusion"] for r in rows])
-    _family_legend(ax, sorted({r["family"] for r in rows}))
     return _save(fig, path)
 
 

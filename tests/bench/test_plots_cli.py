@@ -117,6 +117,31 @@ def test_labels_of_a_dense_cluster_do_not_overlap():
     assert overlaps == []
 
 
+def test_scatter_legend_sits_outside_the_axes_and_under_no_label(tmp_path, monkeypatch):
+    """The family legend of the scatter plots goes to the right of the axes: inside, placed after
+    the labels, it covered one (session 17's soc_pixels plot hid "bilinear")."""
+    from matplotlib.text import Text
+
+    rows = lb.summarize(_entries(), QTYPES)
+    seen = {}
+    real_save = plots._save
+
+    def measure(fig, path, **kw):  # before _save closes the figure
+        ax = fig.axes[0]
+        renderer = fig.canvas.get_renderer()
+        seen["legend"] = ax.get_legend().get_window_extent(renderer)
+        seen["axes"], seen["figure"] = ax.get_window_extent(renderer), fig.bbox
+        seen["labels"] = [Text.get_window_extent(t, renderer) for t in ax.texts]
+        return real_save(fig, path, **kw)
+
+    monkeypatch.setattr(plots, "_save", measure)
+    plots.plot_accuracy_vs_params(rows, tmp_path / "p.png", "soc")
+    legend = seen["legend"]
+    assert legend.x0 >= seen["axes"].x1  # right of the axes
+    assert legend.x1 <= seen["figure"].x1 + 1  # and inside the figure
+    assert len(seen["labels"]) == len(rows) and not any(plots._overlap(legend, b) > 0 for b in seen["labels"])
+
+
 def test_parse_tasks_and_unknown_task_error(capsys):
     assert parse_tasks(None) is None
     assert parse_tasks(["soc,soc_bits", "interactions_o2", "soc"]) == ["soc", "soc_bits", "interactions_o2"]
