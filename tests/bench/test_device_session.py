@@ -86,7 +86,7 @@ def test_ablations_part_writes_its_rows(tmp_path):
     import json
 
     rows = json.loads((tmp_path / "out" / "gpu_ablations.json").read_text())
-    assert {r["fusion"] for r in rows} == {"mcb", "tucker", "block", "mfh", "mfb", "block_tucker"} and r.returncode == 0
+    assert {r["fusion"] for r in rows} == {"mcb", "tucker", "mutan", "block", "mfh", "mfb", "block_tucker"} and r.returncode == 0
 
 
 def test_leaderboard_rate_part_runs_both_ways_with_workers(tmp_path):
