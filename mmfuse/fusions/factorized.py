@@ -736,9 +736,15 @@ class ChunkLinear(nn.Module):
         self.bias = nn.Parameter(uniform_(torch.empty(chunks, s_out, **kw), s_in))
 
     def forward(self, x: Tensor) -> Tensor:
-        c, lead = x.shape[0], x.shape[1:-1]
-        out = torch.baddbmm(self.bias.unsqueeze(1), x.reshape(c, -1, x.shape[-1]), self.weight)  # [C, N, s_out]
-        return out.view(c, *lead, out.shape[-1])
+        return chunk_linear(x, self.weight, self.bias)
+
+
+def chunk_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """:class:`ChunkLinear` with these weights: ``Tensor[C, ..., s_in] -> Tensor[C, ..., s_out]``
+    (one bmm; ``weight`` ``Tensor[C, s_in, s_out]``, ``bias`` ``Tensor[C, s_out]``)."""
+    c, lead = x.shape[0], x.shape[1:-1]
+    out = torch.baddbmm(bias.unsqueeze(1), x.reshape(c, -1, x.shape[-1]), weight)  # [C, N, s_out]
+    return out.view(c, *lead, out.shape[-1])
 
 
 class _ChunkedFusion(_PadsGemms, VectorFusion):
@@ -857,9 +863,8 @@ class Block(_ChunkedFusion):
         else:
             m = None  # broadcasting leading dims: plain autograd
             for (w, b), p in zip(weights, parts):
-                c, lead = p.shape[0], p.shape[1:-1]
-                t = torch.baddbmm(b.unsqueeze(1), p.reshape(c, -1, p.shape[-1]), w).view(c, *lead, w.shape[-1])
-                m = t if m is None else m * t  # [C_g, N, R*s]
+                t = chunk_linear(p, w, b)  # [C_g, N, R*s]
+                m = t if m is None else m * t
             z = m.unflatten(-1, (r, m.shape[-1] // r)).sum(-2)  # [C_g, N, s]
         return z[..., :size] if pad else z
 
